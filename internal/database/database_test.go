@@ -1,0 +1,298 @@
+package database
+
+import (
+	"context"
+	"database/sql"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func openTest(t *testing.T) (*DB, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "sub", "dir", "ticks.db")
+	db, err := Open(context.Background(), path)
+	if err != nil {
+		t.Fatalf("Open(%q): %v", path, err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db, path
+}
+
+// rawOpen opens a second, independent connection to the file, as another
+// program (the sqlite3 shell) would.
+func rawOpen(t *testing.T, path string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite", path+"?_pragma=busy_timeout(5000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func TestOpenPragmas(t *testing.T) {
+	db, _ := openTest(t)
+	ctx := context.Background()
+	for pragma, want := range map[string]string{"journal_mode": "wal", "synchronous": "1", "busy_timeout": "5000"} {
+		var got string
+		if err := db.conn.QueryRowContext(ctx, "PRAGMA "+pragma).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Errorf("PRAGMA %s = %q, want %q", pragma, got, want)
+		}
+	}
+}
+
+func TestOpenRejectsGarbage(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ticks.db")
+	garbage := []byte(strings.Repeat("this is not a database ", 500))
+	if err := os.WriteFile(path, garbage, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if db, err := Open(context.Background(), path); err == nil {
+		db.Close()
+		t.Fatal("Open(garbage) succeeded, want an error")
+	}
+	after, err := os.ReadFile(path)
+	if err != nil || string(after) != string(garbage) {
+		t.Errorf("Open(garbage) changed the file (err %v)", err)
+	}
+}
+
+func TestSchemaIsTheSpecs(t *testing.T) {
+	db, _ := openTest(t)
+	ctx := context.Background()
+	if err := db.CreateTable(ctx, "BTCUSDT"); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"symbol_settings": "CREATE TABLE symbol_settings (\n    symbol  TEXT PRIMARY KEY,\n    enabled INTEGER DEFAULT 1\n)",
+		"prices_BTCUSDT": "CREATE TABLE \"prices_BTCUSDT\" (\n    id        INTEGER PRIMARY KEY AUTOINCREMENT,\n" +
+			"    timestamp INTEGER NOT NULL,\n    price     REAL NOT NULL\n)",
+		"idx_prices_BTCUSDT_timestamp": "CREATE INDEX \"idx_prices_BTCUSDT_timestamp\" ON \"prices_BTCUSDT\"(timestamp)",
+	}
+	for name, ddl := range want {
+		var got string
+		err := db.conn.QueryRowContext(ctx, "SELECT sql FROM sqlite_schema WHERE name = ?", name).Scan(&got)
+		if err != nil || got != ddl {
+			t.Errorf("schema of %s = %q, %v\nwant %q", name, got, err, ddl)
+		}
+	}
+}
+
+func TestInsertIsIdempotent(t *testing.T) {
+	db, _ := openTest(t)
+	ctx := context.Background()
+	ticks := []Tick{{3477868380, 1791382990569, 83084.3}, {3477868381, 1791382990794, 83084.4}, {3477868382, 1791382990860, 83084.3}}
+	for range 2 {
+		for _, tk := range ticks {
+			if err := db.Insert(ctx, "BTCUSDT", tk); err != nil {
+				t.Fatalf("Insert(%+v): %v", tk, err)
+			}
+		}
+	}
+	// A redelivery with another price does not overwrite the first.
+	if err := db.Insert(ctx, "BTCUSDT", Tick{3477868380, 1, 1}); err != nil {
+		t.Fatal(err)
+	}
+	got := readAll(t, db, "BTCUSDT")
+	if len(got) != len(ticks) {
+		t.Fatalf("stored %d rows, want %d: %+v", len(got), len(ticks), got)
+	}
+	for i := range ticks {
+		if got[i] != ticks[i] {
+			t.Errorf("row %d = %+v, want %+v", i, got[i], ticks[i])
+		}
+	}
+	if id, err := db.MaxID(ctx, "BTCUSDT"); err != nil || id != 3477868382 {
+		t.Errorf("MaxID = %d, %v; want 3477868382", id, err)
+	}
+	if id, err := db.MaxID(ctx, "NOTABLE"); err != nil || id != 0 {
+		t.Errorf("MaxID(no table) = %d, %v; want 0, nil", id, err)
+	}
+}
+
+func readAll(t *testing.T, db *DB, sym string) []Tick {
+	t.Helper()
+	rows, err := db.conn.QueryContext(context.Background(), `SELECT id, timestamp, price FROM `+quoteIdent(tableName(sym))+` ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []Tick
+	for rows.Next() {
+		var tk Tick
+		if err := rows.Scan(&tk.ID, &tk.Timestamp, &tk.Price); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, tk)
+	}
+	return out
+}
+
+func TestInsertRecreatesDroppedTable(t *testing.T) {
+	db, path := openTest(t)
+	ctx := context.Background()
+	if err := db.Insert(ctx, "ETHUSDT", Tick{1, 10, 2000}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rawOpen(t, path).Exec(`DROP TABLE prices_ETHUSDT`); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Insert(ctx, "ETHUSDT", Tick{2, 20, 2001}); err != nil {
+		t.Fatalf("Insert after DROP TABLE: %v", err)
+	}
+	if got := readAll(t, db, "ETHUSDT"); len(got) != 1 || got[0] != (Tick{2, 20, 2001}) {
+		t.Errorf("after recreation the table holds %+v, want the one new tick", got)
+	}
+	var n int
+	db.conn.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_schema WHERE name = 'idx_prices_ETHUSDT_timestamp'`).Scan(&n)
+	if n != 1 {
+		t.Error("the timestamp index was not recreated")
+	}
+}
+
+func TestHostileSymbolsStayIdentifiers(t *testing.T) {
+	// The symbol package refuses these long before; the quoting must hold anyway.
+	db, _ := openTest(t)
+	ctx := context.Background()
+	hostile := `X"; DROP TABLE symbol_settings;--`
+	if err := db.Insert(ctx, hostile, Tick{1, 2, 3}); err != nil {
+		t.Fatalf("Insert(%q): %v", hostile, err)
+	}
+	if _, err := db.Settings(ctx); err != nil {
+		t.Errorf("symbol_settings damaged: %v", err)
+	}
+	if got := readAll(t, db, hostile); len(got) != 1 {
+		t.Errorf("table %q holds %d rows, want 1", tableName(hostile), len(got))
+	}
+}
+
+func TestSettings(t *testing.T) {
+	db, path := openTest(t)
+	ctx := context.Background()
+	other := rawOpen(t, path)
+	_, err := other.Exec(`INSERT INTO symbol_settings (symbol) VALUES ('ethusdt');
+		INSERT INTO symbol_settings (symbol, enabled) VALUES ('BTCUSDT', 0);
+		INSERT INTO symbol_settings (symbol, enabled) VALUES ('SOLUSDT', '1');
+		INSERT INTO symbol_settings (symbol, enabled) VALUES ('ADAUSDT', NULL);
+		INSERT INTO symbol_settings (symbol, enabled) VALUES (NULL, 1);
+		INSERT INTO symbol_settings (symbol, enabled) VALUES ('XRPUSDT', 'yes');`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := db.Settings(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Setting{{"ethusdt", true}, {"BTCUSDT", false}, {"SOLUSDT", true}, {"ADAUSDT", false}, {"", true}, {"XRPUSDT", false}}
+	if len(got) != len(want) {
+		t.Fatalf("Settings() = %+v, want %+v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("Settings()[%d] = %+v, want %+v", i, got[i], want[i])
+		}
+	}
+
+	if _, err := other.Exec(`DROP TABLE symbol_settings`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Settings(ctx); err == nil || !strings.Contains(err.Error(), "recreated") {
+		t.Errorf("Settings() after DROP = %v, want an error saying it was recreated", err)
+	}
+	if got, err := db.Settings(ctx); err != nil || len(got) != 0 {
+		t.Errorf("Settings() after recreation = %+v, %v; want empty", got, err)
+	}
+}
+
+func TestRangeAndTables(t *testing.T) {
+	db, _ := openTest(t)
+	ctx := context.Background()
+	if _, _, ok, err := db.Range(ctx, "BTCUSDT"); ok || err != nil {
+		t.Errorf("Range(no table) = ok %v, %v; want false, nil", ok, err)
+	}
+	db.CreateTable(ctx, "BTCUSDT")
+	if _, _, ok, err := db.Range(ctx, "BTCUSDT"); ok || err != nil {
+		t.Errorf("Range(empty) = ok %v, %v; want false, nil", ok, err)
+	}
+	for _, tk := range []Tick{{5, 500, 1}, {3, 300, 1}, {9, 900, 1}} {
+		db.Insert(ctx, "BTCUSDT", tk)
+	}
+	db.CreateTable(ctx, "币安人生USDT")
+	first, last, ok, err := db.Range(ctx, "BTCUSDT")
+	if first != 300 || last != 900 || !ok || err != nil {
+		t.Errorf("Range = %d, %d, %v, %v; want 300, 900, true, nil", first, last, ok, err)
+	}
+	syms, err := db.TableSymbols(ctx)
+	if err != nil || strings.Join(syms, ",") != "BTCUSDT,币安人生USDT" {
+		t.Errorf("TableSymbols() = %q, %v", syms, err)
+	}
+}
+
+// TestRangeUsesIndex guards the status page's speed on big tables: both
+// bounds must be index seeks, never a scan of the table.
+func TestRangeUsesIndex(t *testing.T) {
+	db, _ := openTest(t)
+	ctx := context.Background()
+	db.CreateTable(ctx, "BTCUSDT")
+	plan := queryPlan(t, db, rangeQuery("BTCUSDT"))
+	if strings.Contains(plan, "SCAN prices_") || strings.Count(plan, "SEARCH prices_BTCUSDT USING COVERING INDEX idx_prices_BTCUSDT_timestamp") != 2 {
+		t.Errorf("query plan of the range query:\n%s\nwant two searches of the timestamp index and no table scan", plan)
+	}
+	// The obvious query is the trap this guards against.
+	if naive := queryPlan(t, db, `SELECT MIN(timestamp), MAX(timestamp) FROM prices_BTCUSDT`); !strings.Contains(naive, "SCAN prices_BTCUSDT") {
+		t.Errorf("query plan of MIN and MAX in one SELECT:\n%s\nexpected a scan; has SQLite learned a new trick?", naive)
+	}
+}
+
+func queryPlan(t *testing.T, db *DB, query string) string {
+	t.Helper()
+	rows, err := db.conn.QueryContext(context.Background(), "EXPLAIN QUERY PLAN "+query)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var plan []string
+	for rows.Next() {
+		var id, parent, unused int
+		var detail string
+		if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
+			t.Fatal(err)
+		}
+		plan = append(plan, detail)
+	}
+	return strings.Join(plan, "\n")
+}
+func TestInsertFailsWhileLockedAndRecovers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for the 5 s busy timeout")
+	}
+	db, path := openTest(t)
+	ctx := context.Background()
+	db.CreateTable(ctx, "BTCUSDT")
+	other := rawOpen(t, path)
+	other.SetMaxOpenConns(1)
+	tx, err := other.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(`INSERT INTO symbol_settings (symbol) VALUES ('LOCK')`); err != nil {
+		t.Fatal(err)
+	}
+	err = db.Insert(ctx, "BTCUSDT", Tick{1, 2, 3})
+	if !IsBusy(err) {
+		t.Errorf("Insert while another program holds the write lock = %v, want SQLITE_BUSY", err)
+	}
+	tx.Rollback()
+	if err := db.Insert(ctx, "BTCUSDT", Tick{2, 3, 4}); err != nil {
+		t.Errorf("Insert after the lock is released: %v", err)
+	}
+}
