@@ -302,3 +302,29 @@ func IsBusy(err error) bool {
 	var se *sqlite.Error
 	return errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_BUSY
 }
+
+// Ticks returns the stored ticks of sym with id >= fromID, in id order; none
+// if the table does not exist. It reads the whole range at once: meant for
+// checks and tools, not for big exports.
+func (d *DB) Ticks(ctx context.Context, sym string, fromID int64) ([]Tick, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	rows, err := d.conn.QueryContext(ctx,
+		`SELECT id, timestamp, price FROM `+quoteIdent(tableName(sym))+` WHERE id >= ? ORDER BY id`, fromID)
+	if isNoSuchTable(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", tableName(sym), err)
+	}
+	defer rows.Close()
+	var out []Tick
+	for rows.Next() {
+		var t Tick
+		if err := rows.Scan(&t.ID, &t.Timestamp, &t.Price); err != nil {
+			return nil, fmt.Errorf("read %s: %w", tableName(sym), err)
+		}
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}

@@ -102,7 +102,7 @@ func TestInsertIsIdempotent(t *testing.T) {
 	if err := db.Insert(ctx, "BTCUSDT", Tick{3477868380, 1, 1}); err != nil {
 		t.Fatal(err)
 	}
-	got := readAll(t, db, "BTCUSDT")
+	got, _ := db.Ticks(ctx, "BTCUSDT", 0)
 	if len(got) != len(ticks) {
 		t.Fatalf("stored %d rows, want %d: %+v", len(got), len(ticks), got)
 	}
@@ -119,24 +119,6 @@ func TestInsertIsIdempotent(t *testing.T) {
 	}
 }
 
-func readAll(t *testing.T, db *DB, sym string) []Tick {
-	t.Helper()
-	rows, err := db.conn.QueryContext(context.Background(), `SELECT id, timestamp, price FROM `+quoteIdent(tableName(sym))+` ORDER BY id`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var out []Tick
-	for rows.Next() {
-		var tk Tick
-		if err := rows.Scan(&tk.ID, &tk.Timestamp, &tk.Price); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, tk)
-	}
-	return out
-}
-
 func TestInsertRecreatesDroppedTable(t *testing.T) {
 	db, path := openTest(t)
 	ctx := context.Background()
@@ -149,7 +131,7 @@ func TestInsertRecreatesDroppedTable(t *testing.T) {
 	if err := db.Insert(ctx, "ETHUSDT", Tick{2, 20, 2001}); err != nil {
 		t.Fatalf("Insert after DROP TABLE: %v", err)
 	}
-	if got := readAll(t, db, "ETHUSDT"); len(got) != 1 || got[0] != (Tick{2, 20, 2001}) {
+	if got, _ := db.Ticks(ctx, "ETHUSDT", 0); len(got) != 1 || got[0] != (Tick{2, 20, 2001}) {
 		t.Errorf("after recreation the table holds %+v, want the one new tick", got)
 	}
 	var n int
@@ -170,7 +152,7 @@ func TestHostileSymbolsStayIdentifiers(t *testing.T) {
 	if _, err := db.Settings(ctx); err != nil {
 		t.Errorf("symbol_settings damaged: %v", err)
 	}
-	if got := readAll(t, db, hostile); len(got) != 1 {
+	if got, _ := db.Ticks(ctx, hostile, 0); len(got) != 1 {
 		t.Errorf("table %q holds %d rows, want 1", tableName(hostile), len(got))
 	}
 }
@@ -192,7 +174,7 @@ func TestSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []Setting{{"ethusdt", true}, {"BTCUSDT", false}, {"SOLUSDT", true}, {"ADAUSDT", false}, {"", true}, {"XRPUSDT", false}}
+	want := []Setting{{Symbol: "ethusdt", Enabled: true}, {Symbol: "BTCUSDT"}, {Symbol: "SOLUSDT", Enabled: true}, {Symbol: "ADAUSDT"}, {Symbol: "", Enabled: true}, {Symbol: "XRPUSDT"}}
 	if len(got) != len(want) {
 		t.Fatalf("Settings() = %+v, want %+v", got, want)
 	}

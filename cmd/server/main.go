@@ -1,0 +1,101 @@
+// Command server records the aggTrade ticks of the symbols enabled in
+// symbol_settings into SQLite and serves a status page.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"binance-symbol-tick-store/internal/config"
+	"binance-symbol-tick-store/internal/database"
+	tickhttp "binance-symbol-tick-store/internal/http"
+	"binance-symbol-tick-store/internal/settings"
+	"binance-symbol-tick-store/internal/websocket"
+)
+
+// shutdownTimeout bounds the HTTP server's graceful stop; streams and the
+// database close after it, well inside Docker's 10 s stop grace period.
+const shutdownTimeout = 3 * time.Second
+
+func main() {
+	if err := run(context.Background(), os.Getenv, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "tick store:", err)
+		os.Exit(1)
+	}
+}
+
+// run starts the store and blocks until ctx is cancelled or the process gets
+// SIGINT or SIGTERM, then stops the streams, the HTTP server and the
+// database, in that order. It returns an error when start-up fails or the
+// HTTP server dies.
+func run(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
+	started := time.Now()
+	cfg, err := config.Load(getenv)
+	if err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewTextHandler(stdout, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	db, err := database.Open(ctx, cfg.DBPath)
+	if err != nil {
+		return fmt.Errorf("DB_PATH=%q: %w", cfg.DBPath, err)
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(cfg.HTTPPort)))
+	if err != nil {
+		db.Close()
+		return fmt.Errorf("HTTP_PORT=%d: %w", cfg.HTTPPort, err)
+	}
+
+	watcher := settings.New(db, func(sym string) settings.Stream {
+		return websocket.New(websocket.Config{
+			Symbol:       sym,
+			BaseURL:      cfg.WSURL,
+			StaleTimeout: cfg.StaleTimeout,
+			Store:        db,
+			Logger:       logger,
+		})
+	}, cfg.PollInterval, logger)
+	srv := tickhttp.NewServer(tickhttp.NewHandler(db, watcher, started, time.Now, logger), logger)
+
+	logger.Info("tick store started", "db_path", cfg.DBPath, "http_addr", ln.Addr().String(),
+		"ws_url", cfg.WSURL, "poll_interval", cfg.PollInterval)
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	watcherDone := make(chan struct{})
+	go func() {
+		defer close(watcherDone)
+		watcher.Run(ctx)
+	}()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		runErr = fmt.Errorf("http server: %w", err)
+		stop()
+	}
+	logger.Info("tick store stopping")
+	<-watcherDone // streams closed, no write in flight
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		logger.Warn("http shutdown", "error", err)
+	}
+	if err := db.Close(); err != nil {
+		logger.Error("close database", "error", err)
+	}
+	logger.Info("tick store stopped", "uptime", time.Since(started).Round(time.Second))
+	return runErr
+}

@@ -1,0 +1,307 @@
+package websocket
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	gorillaws "github.com/gorilla/websocket"
+	"go.uber.org/goleak"
+
+	"binance-symbol-tick-store/internal/database"
+	"binance-symbol-tick-store/internal/fakebinance"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// harness is one client streaming from a fake exchange into a real database.
+type harness struct {
+	t      *testing.T
+	x      *fakebinance.Exchange
+	db     *database.DB
+	client *Client
+	sleeps *sleepRecorder
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// sleepRecorder replaces the client's clock: it records each back-off delay
+// and returns at once, so back-off tests take no time.
+type sleepRecorder struct {
+	mu     sync.Mutex
+	delays []time.Duration
+}
+
+func (s *sleepRecorder) sleep(ctx context.Context, d time.Duration) error {
+	s.mu.Lock()
+	s.delays = append(s.delays, d)
+	s.mu.Unlock()
+	return ctx.Err()
+}
+
+func (s *sleepRecorder) get() []time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]time.Duration(nil), s.delays...)
+}
+
+func startClient(t *testing.T, sym string, stale time.Duration, opts fakebinance.Options) *harness {
+	t.Helper()
+	x := fakebinance.New(opts)
+	x.List(sym)
+	srv := httptest.NewServer(x)
+	db, err := database.Open(context.Background(), filepath.Join(t.TempDir(), "ticks.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{t: t, x: x, db: db, sleeps: &sleepRecorder{}, done: make(chan struct{})}
+	h.client = New(Config{
+		Symbol:       sym,
+		BaseURL:      "ws" + strings.TrimPrefix(srv.URL, "http") + "/market/ws",
+		StaleTimeout: stale,
+		Store:        db,
+		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Sleep:        h.sleeps.sleep,
+	})
+	var ctx context.Context
+	ctx, h.cancel = context.WithCancel(context.Background())
+	go func() {
+		defer close(h.done)
+		h.client.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		h.stop()
+		x.Close()
+		srv.Close()
+		db.Close()
+	})
+	return h
+}
+
+func (h *harness) stop() {
+	h.cancel()
+	<-h.done
+}
+
+// waitFor polls cond until it holds or 10 s pass.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond) // polling interval, not synchronisation
+	}
+}
+
+func (h *harness) waitSubscribed(sym string) {
+	h.t.Helper()
+	waitFor(h.t, sym+" subscribed", func() bool { return h.x.Subscribers(sym) == 1 && h.client.Connected() })
+}
+
+// waitStored waits until every trade the exchange generated is in the table
+// and checks each row against the trade.
+func (h *harness) waitStored(sym string) {
+	h.t.Helper()
+	want := h.x.Trades(sym)
+	waitFor(h.t, "all trades stored", func() bool {
+		id, _ := h.db.MaxID(context.Background(), sym)
+		return len(want) > 0 && id == want[len(want)-1].ID
+	})
+	checkTable(h.t, h.db, sym, want)
+}
+
+func TestClientStoresEveryTrade(t *testing.T) {
+	for _, sym := range []string{"BTCUSDT", "BTCUSDT_261225", "币安人生USDT", "1000PEPEUSDT"} {
+		t.Run(sym, func(t *testing.T) {
+			h := startClient(t, sym, time.Minute, fakebinance.Options{})
+			h.waitSubscribed(sym)
+			h.x.Publish(sym, 200)
+			h.waitStored(sym)
+		})
+	}
+}
+
+func TestClientURL(t *testing.T) {
+	c := New(Config{Symbol: "币安人生USDT", BaseURL: "wss://fstream.binance.com/market/ws", Logger: slog.Default()})
+	want := "wss://fstream.binance.com/market/ws/%E5%B8%81%E5%AE%89%E4%BA%BA%E7%94%9Fusdt@aggTrade"
+	if c.URL() != want {
+		t.Errorf("URL() = %q, want %q", c.URL(), want)
+	}
+}
+
+func TestClientAnswersPings(t *testing.T) {
+	h := startClient(t, "BTCUSDT", time.Minute, fakebinance.Options{})
+	h.waitSubscribed("BTCUSDT")
+	h.x.PingNow("BTCUSDT")
+	h.x.PingNow("BTCUSDT")
+	waitFor(t, "two pongs", func() bool { return h.x.Pongs("BTCUSDT") == 2 })
+}
+
+func TestClientSkipsBadFramesAndKeepsTheConnection(t *testing.T) {
+	h := startClient(t, "BTCUSDT", time.Minute, fakebinance.Options{})
+	h.waitSubscribed("BTCUSDT")
+	h.x.Publish("BTCUSDT", 3)
+	for _, f := range []string{`garbage`, `{"result":null,"id":1}`, `{"e":"aggTrade","a":1,"T":2,"p":"NaN"}`,
+		`{"e":"markPriceUpdate"}`, strings.Repeat("[", 10000)} {
+		h.x.SendRaw("BTCUSDT", []byte(f))
+	}
+	h.x.Publish("BTCUSDT", 3)
+	h.waitStored("BTCUSDT")
+	if n := len(h.x.Attempts()); n != 1 {
+		t.Errorf("%d connection attempts, want 1: bad frames must not cost the connection", n)
+	}
+}
+
+func TestClientReconnects(t *testing.T) {
+	tests := []struct {
+		name  string
+		fault func(x *fakebinance.Exchange)
+	}{
+		{"drop without close frame", func(x *fakebinance.Exchange) { x.Drop("BTCUSDT") }},
+		{"close 1001", func(x *fakebinance.Exchange) { x.CloseWith("BTCUSDT", 1001, "going away") }},
+		{"close 1008", func(x *fakebinance.Exchange) { x.CloseWith("BTCUSDT", 1008, "Too many requests") }},
+		{"stall", func(x *fakebinance.Exchange) { x.Stall("BTCUSDT") }},
+		{"oversized frame", func(x *fakebinance.Exchange) { x.SendRaw("BTCUSDT", make([]byte, maxFrameBytes+1)) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := startClient(t, "BTCUSDT", 300*time.Millisecond, fakebinance.Options{PingInterval: time.Hour})
+			h.waitSubscribed("BTCUSDT")
+			h.x.Publish("BTCUSDT", 10)
+			h.waitStored("BTCUSDT")
+			tt.fault(h.x)
+			waitFor(t, "a second connection", func() bool { return len(h.x.Attempts()) == 2 && h.x.Subscribers("BTCUSDT") == 1 })
+			h.x.Publish("BTCUSDT", 10)
+			waitFor(t, "trades after the reconnect", func() bool {
+				id, _ := h.db.MaxID(context.Background(), "BTCUSDT")
+				return id == h.x.Trades("BTCUSDT")[19].ID
+			})
+			// A connection that delivered is redialled at once.
+			if got := h.sleeps.get(); len(got) != 1 || got[0] != 0 {
+				t.Errorf("delays before redial = %v, want [0]", got)
+			}
+		})
+	}
+}
+
+func TestClientBacksOff(t *testing.T) {
+	h := startClient(t, "BTCUSDT", time.Minute, fakebinance.Options{})
+	h.x.RefuseHandshakes(8)
+	waitFor(t, "ninth attempt", func() bool { return h.x.Subscribers("BTCUSDT") == 1 })
+	s := time.Second
+	want := []time.Duration{s, 2 * s, 4 * s, 8 * s, 16 * s, 30 * s, 30 * s, 30 * s}
+	if got := h.sleeps.get(); !equalDurations(got, want) {
+		t.Fatalf("delays = %v, want %v", got, want)
+	}
+	// A connection that closes before delivering anything keeps backing off...
+	h.x.Drop("BTCUSDT")
+	waitFor(t, "tenth attempt", func() bool { return len(h.x.Attempts()) == 10 && h.x.Subscribers("BTCUSDT") == 1 })
+	if got := h.sleeps.get(); got[len(got)-1] != 30*s {
+		t.Errorf("delay after an empty connection = %v, want 30s", got[len(got)-1])
+	}
+	// ...and once trades flow the sequence starts again from 1 s.
+	h.x.Publish("BTCUSDT", 1)
+	h.waitStored("BTCUSDT")
+	h.x.RefuseHandshakes(2)
+	h.x.Drop("BTCUSDT")
+	waitFor(t, "reconnect after the refusals", func() bool { return len(h.x.Attempts()) == 13 && h.x.Subscribers("BTCUSDT") == 1 })
+	got := h.sleeps.get()[len(want)+1:]
+	if want := []time.Duration{0, s, 2 * s}; !equalDurations(got, want) {
+		t.Errorf("delays after data flowed = %v, want %v", got, want)
+	}
+}
+
+func equalDurations(a, b []time.Duration) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestBackoffSequence(t *testing.T) {
+	var b backoff
+	var got []string
+	for range 9 {
+		got = append(got, b.next().String())
+	}
+	if want := "1s 2s 4s 8s 16s 30s 30s 30s 30s"; strings.Join(got, " ") != want {
+		t.Errorf("backoff = %s, want %s", strings.Join(got, " "), want)
+	}
+	b.reset()
+	if d := b.next(); d != time.Second {
+		t.Errorf("after reset: %v, want 1s", d)
+	}
+}
+
+// TestClientSendsCloseFrameOnStop uses a bare server to see what the client
+// sends when it is stopped.
+func TestClientSendsCloseFrameOnStop(t *testing.T) {
+	codes := make(chan int, 1)
+	up := gorillaws.Upgrader{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _, err = c.ReadMessage()
+		code := -1
+		if ce, ok := err.(*gorillaws.CloseError); ok {
+			code = ce.Code
+		}
+		codes <- code
+	}))
+	defer srv.Close()
+	db, err := database.Open(context.Background(), filepath.Join(t.TempDir(), "ticks.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	c := New(Config{Symbol: "BTCUSDT", BaseURL: "ws" + strings.TrimPrefix(srv.URL, "http"), StaleTimeout: time.Minute,
+		Store: db, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx) }()
+	waitFor(t, "connected", c.Connected)
+	cancel()
+	<-done
+	if code := <-codes; code != gorillaws.CloseNormalClosure {
+		t.Errorf("server saw close code %d, want %d", code, gorillaws.CloseNormalClosure)
+	}
+	if c.Connected() {
+		t.Error("Connected() after Run returned")
+	}
+}
+
+// checkTable compares the stored rows of sym with the trades, one for one.
+func checkTable(t *testing.T, db *database.DB, sym string, trades []fakebinance.Trade) {
+	t.Helper()
+	rows, err := db.Ticks(context.Background(), sym, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != len(trades) {
+		t.Fatalf("%s: %d rows stored, want %d", sym, len(rows), len(trades))
+	}
+	for i, tr := range trades {
+		price, _ := strconv.ParseFloat(tr.Price, 64)
+		if want := (database.Tick{ID: tr.ID, Timestamp: tr.Time, Price: price}); rows[i] != want {
+			t.Errorf("%s row %d = %+v, want %+v", sym, i, rows[i], want)
+		}
+	}
+}
