@@ -16,6 +16,7 @@ import (
 
 	gorillaws "github.com/gorilla/websocket"
 
+	"binance-symbol-tick-store/internal/aggtrade"
 	"binance-symbol-tick-store/internal/database"
 	"binance-symbol-tick-store/internal/symbol"
 )
@@ -173,14 +174,14 @@ func (c *Client) session(ctx context.Context) (delivered bool) {
 
 // handle parses and stores one frame and reports whether it was a trade.
 func (c *Client) handle(ctx context.Context, frame []byte) bool {
-	tick, err := parseFrame(frame)
-	if errors.Is(err, errNotTrade) {
-		c.log.Debug("frame ignored", "frame", clip(frame))
+	tick, err := aggtrade.ParseFrame(frame)
+	if errors.Is(err, aggtrade.ErrNotTrade) {
+		c.log.Debug("frame ignored", "frame", aggtrade.Clip(frame))
 		return false
 	}
 	if err != nil {
 		if n, ok := c.badFrames.allow(time.Now()); ok {
-			c.log.Warn("bad frame skipped", "error", err, "frame", clip(frame), "skipped_before", n)
+			c.log.Warn("bad frame skipped", "error", err, "frame", aggtrade.Clip(frame), "skipped_before", n)
 		}
 		return false
 	}

@@ -1,10 +1,11 @@
-package websocket
+package aggtrade
 
 import (
 	"bufio"
 	"encoding/json"
 	"math"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -42,9 +43,9 @@ func TestParseFrameFixtures(t *testing.T) {
 	for i := range envelopes {
 		want := decodeStd(t, raws[i])
 		for _, frame := range [][]byte{raws[i], envelopes[i]} {
-			got, err := parseFrame(frame)
+			got, err := ParseFrame(frame)
 			if err != nil || got != want {
-				t.Errorf("parseFrame(%s) = %+v, %v; want %+v", frame, got, err, want)
+				t.Errorf("ParseFrame(%s) = %+v, %v; want %+v", frame, got, err, want)
 			}
 		}
 	}
@@ -121,15 +122,15 @@ func TestParseFrame(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseFrame([]byte(tt.frame))
+			got, err := ParseFrame([]byte(tt.frame))
 			if tt.wantErr == "" {
 				if err != nil || got != tt.want {
-					t.Errorf("parseFrame(%q) = %+v, %v; want %+v, nil", tt.frame, got, err, tt.want)
+					t.Errorf("ParseFrame(%q) = %+v, %v; want %+v, nil", tt.frame, got, err, tt.want)
 				}
 				return
 			}
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Errorf("parseFrame(%q) error = %v, want one containing %q", tt.frame, err, tt.wantErr)
+				t.Errorf("ParseFrame(%q) error = %v, want one containing %q", tt.frame, err, tt.wantErr)
 			}
 		})
 	}
@@ -137,12 +138,12 @@ func TestParseFrame(t *testing.T) {
 
 func TestParseFrameDeepNesting(t *testing.T) {
 	deep := `{"e":"aggTrade","a":1,"T":2,"p":"5","x":` + strings.Repeat("[", 5000) + strings.Repeat("]", 5000) + `}`
-	if got, err := parseFrame([]byte(deep)); err != nil || got.ID != 1 {
-		t.Errorf("parseFrame(5000-deep) = %+v, %v", got, err)
+	if got, err := ParseFrame([]byte(deep)); err != nil || got.ID != 1 {
+		t.Errorf("ParseFrame(5000-deep) = %+v, %v", got, err)
 	}
 	tooDeep := strings.Repeat("[", 20000) + strings.Repeat("]", 20000)
-	if _, err := parseFrame([]byte(tooDeep)); err == nil {
-		t.Error("parseFrame(20000-deep) succeeded, want an error")
+	if _, err := ParseFrame([]byte(tooDeep)); err == nil {
+		t.Error("ParseFrame(20000-deep) succeeded, want an error")
 	}
 }
 
@@ -158,10 +159,10 @@ func FuzzParseFrame(f *testing.F) {
 	f.Add([]byte(`{"e":"aggTrade","a":1,"T":2,"p":"1e5"}`))
 	f.Add([]byte(`{"e":"aggTrade","A":1,"a":1,"T":2,"p":"5","p":"6"}`))
 	f.Fuzz(func(t *testing.T, frame []byte) {
-		got, err := parseFrame(frame)
+		got, err := ParseFrame(frame)
 		if err != nil {
 			if got != (database.Tick{}) {
-				t.Errorf("parseFrame(%q) = %+v with error %v, want the zero Tick", frame, got, err)
+				t.Errorf("ParseFrame(%q) = %+v with error %v, want the zero Tick", frame, got, err)
 			}
 			return
 		}
@@ -169,10 +170,62 @@ func FuzzParseFrame(f *testing.F) {
 			t.Fatalf("parseFrame accepted invalid JSON %q", frame)
 		}
 		if got.ID <= 0 || got.Timestamp <= 0 || !(got.Price > 0) || math.IsInf(got.Price, 0) {
-			t.Fatalf("parseFrame(%q) = %+v: out of range", frame, got)
+			t.Fatalf("ParseFrame(%q) = %+v: out of range", frame, got)
 		}
 		if want := decodeStd(t, frame); got != want {
-			t.Fatalf("parseFrame(%q) = %+v, encoding/json says %+v", frame, got, want)
+			t.Fatalf("ParseFrame(%q) = %+v, encoding/json says %+v", frame, got, want)
+		}
+	})
+}
+
+func TestParseRows(t *testing.T) {
+	fixture, err := os.ReadFile("testdata/rest_aggtrades.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ParseRows(fixture)
+	want := []database.Tick{{ID: 3477868380, Timestamp: 1791382990569, Price: 83084.3},
+		{ID: 3477868381, Timestamp: 1791382990794, Price: 83084.4}, {ID: 3477868382, Timestamp: 1791382990860, Price: 83084.3}}
+	if err != nil || !slices.Equal(got, want) {
+		t.Errorf("ParseRows(fixture) = %+v, %v\nwant %+v", got, err, want)
+	}
+	for _, tt := range []struct{ in, wantErr string }{
+		{`[]`, ""},
+		{` [ ] `, ""},
+		{`{"code":-1121,"msg":"Invalid symbol."}`, "not a JSON array"},
+		{`[{"a":1,"T":2,"p":"3"},{"a":2,"T":2}]`, "row 1: missing field p"},
+		{`[{"a":1,"T":2,"p":"3"},7]`, "row 1: not a JSON object"},
+		{`[{"a":1,"T":2,"p":"3"}`, "malformed JSON"},
+	} {
+		_, err := ParseRows([]byte(tt.in))
+		if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+			t.Errorf("ParseRows(%q) error = %v, want %q", tt.in, err, tt.wantErr)
+		}
+	}
+}
+
+func FuzzParseRows(f *testing.F) {
+	fixture, err := os.ReadFile("testdata/rest_aggtrades.json")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(fixture)
+	f.Add([]byte(`[{"a":1,"T":2,"p":"3"},{}]`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		rows, err := ParseRows(b)
+		if err != nil {
+			return
+		}
+		var std []map[string]json.RawMessage
+		if err := json.Unmarshal(b, &std); err != nil || len(std) != len(rows) {
+			t.Fatalf("ParseRows(%q) accepted %d rows; encoding/json: %d rows, %v", b, len(rows), len(std), err)
+		}
+		for i, row := range std {
+			delete(row, "data") // rows have no envelope; keep the reference from unwrapping one
+			obj, _ := json.Marshal(row)
+			if want := decodeStd(t, obj); rows[i] != want {
+				t.Fatalf("ParseRows(%q)[%d] = %+v, encoding/json says %+v", b, i, rows[i], want)
+			}
 		}
 	})
 }

@@ -1,4 +1,6 @@
-package websocket
+// Package aggtrade reads Binance's aggregate trade wire format: stream
+// frames and REST rows, reduced to the fields the store keeps.
+package aggtrade
 
 import (
 	"encoding/json"
@@ -10,18 +12,18 @@ import (
 	"binance-symbol-tick-store/internal/database"
 )
 
-// errNotTrade marks frames that are not trades and not errors either, such as
+// ErrNotTrade marks frames that are not trades and not errors either, such as
 // the {"result":null,"id":1} reply to a subscription request. They are skipped
 // without a warning.
-var errNotTrade = errors.New("not an event frame")
+var ErrNotTrade = errors.New("not an event frame")
 
-// parseFrame extracts the stored fields of one aggTrade frame: a (id), T
+// ParseFrame extracts the stored fields of one aggTrade frame: a (id), T
 // (trade time, ms) and p (price). It accepts the raw frame and the combined
 // stream envelope {"stream":..,"data":{..}}, ignores every other field, and
 // rejects a frame whose fields are missing or out of range. Keys match
 // exactly: encoding/json would also let "E" (event time) fill a field tagged
 // "e", and Binance keeps adding fields.
-func parseFrame(b []byte) (database.Tick, error) {
+func ParseFrame(b []byte) (database.Tick, error) {
 	if !json.Valid(b) {
 		return database.Tick{}, errors.New("malformed JSON")
 	}
@@ -31,41 +33,83 @@ func parseFrame(b []byte) (database.Tick, error) {
 // parseObject parses one valid JSON object; unwrap allows one level of
 // envelope, no more.
 func parseObject(b []byte, unwrap bool) (database.Tick, error) {
-	var (
-		t                      database.Tick
-		event, id, time, price []byte
-		data                   []byte
-	)
+	m, err := collect(b)
+	if err != nil {
+		return database.Tick{}, err
+	}
+	if m.event == nil && unwrap && m.data != nil && m.data[0] == '{' {
+		return parseObject(m.data, false)
+	}
+	if m.event == nil {
+		return database.Tick{}, ErrNotTrade
+	}
+	if string(m.event) != `"aggTrade"` {
+		return database.Tick{}, fmt.Errorf("event type %s is not aggTrade", Clip(m.event))
+	}
+	return m.tick()
+}
+
+// ParseRows parses a REST /fapi/v1/aggTrades answer: a JSON array of rows
+// with the same a, T and p as a frame. Every row must be valid; rows are
+// returned in the order given.
+func ParseRows(b []byte) ([]database.Tick, error) {
+	if !json.Valid(b) {
+		return nil, errors.New("malformed JSON")
+	}
+	i := skipSpace(b, 0)
+	if b[i] != '[' {
+		return nil, errors.New("not a JSON array")
+	}
+	var out []database.Tick
+	for i = skipSpace(b, i+1); b[i] != ']'; {
+		end := skipValue(b, i)
+		m, err := collect(b[i:end])
+		if err != nil {
+			return nil, fmt.Errorf("row %d: %w", len(out), err)
+		}
+		t, err := m.tick()
+		if err != nil {
+			return nil, fmt.Errorf("row %d: %w", len(out), err)
+		}
+		out = append(out, t)
+		if i = skipSpace(b, end); b[i] == ',' {
+			i = skipSpace(b, i+1)
+		}
+	}
+	return out, nil
+}
+
+// members holds the raw values of the keys the store reads; nil means absent.
+type members struct{ event, id, time, price, data []byte }
+
+// collect picks the members out of one valid JSON object. Keys match
+// exactly; a repeated key keeps its last value, as in encoding/json.
+func collect(b []byte) (members, error) {
+	var m members
 	err := eachMember(b, func(key, val []byte) {
 		switch string(key) {
 		case "e":
-			event = val
+			m.event = val
 		case "a":
-			id = val
+			m.id = val
 		case "T":
-			time = val
+			m.time = val
 		case "p":
-			price = val
+			m.price = val
 		case "data":
-			data = val
+			m.data = val
 		}
 	})
-	if err != nil {
-		return t, err
-	}
-	if event == nil && unwrap && data != nil && data[0] == '{' {
-		return parseObject(data, false)
-	}
-	if event == nil {
-		return t, errNotTrade
-	}
-	if string(event) != `"aggTrade"` {
-		return database.Tick{}, fmt.Errorf("event type %s is not aggTrade", clip(event))
-	}
+	return m, err
+}
+
+// tick checks and converts the three stored fields.
+func (m members) tick() (database.Tick, error) {
+	var t database.Tick
 	var errs [3]error
-	t.ID, errs[0] = positiveInt("a", id)
-	t.Timestamp, errs[1] = positiveInt("T", time)
-	t.Price, errs[2] = positivePrice(price)
+	t.ID, errs[0] = positiveInt("a", m.id)
+	t.Timestamp, errs[1] = positiveInt("T", m.time)
+	t.Price, errs[2] = positivePrice(m.price)
 	if err := errors.Join(errs[:]...); err != nil {
 		return database.Tick{}, err
 	}
@@ -79,7 +123,7 @@ func positiveInt(field string, v []byte) (int64, error) {
 	}
 	n, err := strconv.ParseInt(string(v), 10, 64)
 	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("field %s: want a positive integer, got %s", field, clip(v))
+		return 0, fmt.Errorf("field %s: want a positive integer, got %s", field, Clip(v))
 	}
 	return n, nil
 }
@@ -91,7 +135,7 @@ func positivePrice(v []byte) (float64, error) {
 		return 0, errors.New("missing field p")
 	}
 	bad := func() (float64, error) {
-		return 0, fmt.Errorf("field p: want a positive decimal string, got %s", clip(v))
+		return 0, fmt.Errorf("field p: want a positive decimal string, got %s", Clip(v))
 	}
 	if len(v) < 3 || v[0] != '"' {
 		return bad()
@@ -189,8 +233,8 @@ func skipValue(b []byte, i int) int {
 	}
 }
 
-// clip renders a fragment of a frame for a log line: quoted and short.
-func clip(b []byte) string {
+// Clip renders a fragment of a frame for a log line: quoted and short.
+func Clip(b []byte) string {
 	const max = 64
 	if len(b) > max {
 		return strconv.Quote(string(b[:max])) + "..."
