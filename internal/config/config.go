@@ -21,6 +21,10 @@ type Config struct {
 	PollInterval time.Duration // SETTINGS_POLL_INTERVAL: how often symbol_settings is read
 	StaleTimeout time.Duration // STREAM_STALE_TIMEOUT: silence (pings included) after which a socket is dead
 	LogLevel     slog.Level    // LOG_LEVEL: debug, info, warn or error
+
+	MaxAge         time.Duration // STREAM_MAX_AGE: a connection is replaced, overlap first, at this age
+	SilenceTimeout time.Duration // STREAM_SILENCE_TIMEOUT: no trade for this long: ask REST if the market is quiet
+	RESTWeight     int           // REST_WEIGHT_PER_MINUTE: this process's share of Binance's 2400 per IP
 }
 
 // Load reads the configuration through getenv (os.Getenv in production, a map
@@ -34,15 +38,22 @@ func Load(getenv func(string) string) (Config, error) {
 		PollInterval: 60 * time.Second,
 		StaleTimeout: 5 * time.Minute,
 		LogLevel:     slog.LevelInfo,
+
+		MaxAge:         23*time.Hour + 50*time.Minute,
+		SilenceTimeout: 5 * time.Minute,
+		RESTWeight:     1200,
 	}
 	p := parser{getenv: getenv}
 	p.str("DB_PATH", &c.DBPath, checkDBPath)
-	p.port("HTTP_PORT", &c.HTTPPort)
+	p.integer("HTTP_PORT", &c.HTTPPort, 0, 65535)
 	p.str("BINANCE_WS_URL", &c.WSURL, checkURL("ws", "wss"))
 	p.str("BINANCE_REST_URL", &c.RESTURL, checkURL("http", "https"))
 	p.duration("SETTINGS_POLL_INTERVAL", &c.PollInterval, 100*time.Millisecond)
 	p.duration("STREAM_STALE_TIMEOUT", &c.StaleTimeout, 100*time.Millisecond)
 	p.level("LOG_LEVEL", &c.LogLevel)
+	p.duration("STREAM_MAX_AGE", &c.MaxAge, time.Second)
+	p.duration("STREAM_SILENCE_TIMEOUT", &c.SilenceTimeout, 100*time.Millisecond)
+	p.integer("REST_WEIGHT_PER_MINUTE", &c.RESTWeight, 20, 2400)
 	c.WSURL = strings.TrimRight(c.WSURL, "/")
 	c.RESTURL = strings.TrimRight(c.RESTURL, "/")
 	return c, p.err
@@ -78,14 +89,14 @@ func (p *parser) str(name string, dst *string, check func(string) string) {
 	*dst = v
 }
 
-func (p *parser) port(name string, dst *int) {
+func (p *parser) integer(name string, dst *int, lo, hi int) {
 	v, ok := p.value(name)
 	if !ok {
 		return
 	}
 	n, err := strconv.Atoi(v)
-	if err != nil || n < 0 || n > 65535 {
-		p.fail(name, v, "want a port number from 0 to 65535")
+	if err != nil || n < lo || n > hi {
+		p.fail(name, v, fmt.Sprintf("want a whole number from %d to %d", lo, hi))
 		return
 	}
 	*dst = n

@@ -24,6 +24,10 @@ func TestDefaults(t *testing.T) {
 		PollInterval: time.Minute,
 		StaleTimeout: 5 * time.Minute,
 		LogLevel:     slog.LevelInfo,
+
+		MaxAge:         23*time.Hour + 50*time.Minute,
+		SilenceTimeout: 5 * time.Minute,
+		RESTWeight:     1200,
 	}
 	if c != want {
 		t.Errorf("Load(empty) = %+v\nwant %+v", c, want)
@@ -39,13 +43,17 @@ func TestOverrides(t *testing.T) {
 		"SETTINGS_POLL_INTERVAL": "2s",
 		"STREAM_STALE_TIMEOUT":   "1m30s",
 		"LOG_LEVEL":              "DEBUG",
+		"STREAM_MAX_AGE":         "10s",
+		"STREAM_SILENCE_TIMEOUT": "2s",
+		"REST_WEIGHT_PER_MINUTE": "600",
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.DBPath != "/app/.data/x.db" || c.HTTPPort != 0 || c.WSURL != "ws://127.0.0.1:9443/market/ws" ||
 		c.RESTURL != "http://127.0.0.1:9443" || c.PollInterval != 2*time.Second ||
-		c.StaleTimeout != 90*time.Second || c.LogLevel != slog.LevelDebug {
+		c.StaleTimeout != 90*time.Second || c.LogLevel != slog.LevelDebug ||
+		c.MaxAge != 10*time.Second || c.SilenceTimeout != 2*time.Second || c.RESTWeight != 600 {
 		t.Errorf("Load = %+v", c)
 	}
 }
@@ -66,6 +74,11 @@ func TestInvalid(t *testing.T) {
 		{"STREAM_STALE_TIMEOUT", "0s"},
 		{"STREAM_STALE_TIMEOUT", "-5m"},
 		{"LOG_LEVEL", "verbose"},
+		{"STREAM_MAX_AGE", "24"},
+		{"STREAM_SILENCE_TIMEOUT", "1ms"},
+		{"REST_WEIGHT_PER_MINUTE", "10"},
+		{"REST_WEIGHT_PER_MINUTE", "2401"},
+		{"REST_WEIGHT_PER_MINUTE", "1e3"},
 	}
 	for _, tt := range tests {
 		_, err := Load(env(map[string]string{tt.name: tt.value}))

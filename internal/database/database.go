@@ -44,10 +44,12 @@ type Setting struct {
 // a statement half-way can poison the single connection, and a write that has
 // started is cheaper to finish than to undo.
 type DB struct {
+	path    string
 	mu      sync.Mutex
 	db      *sql.DB
 	conn    *sql.Conn
 	inserts map[string]*sql.Stmt // prepared INSERT per symbol
+	chunk   int                  // ids per audit query: auditChunk, smaller in tests
 }
 
 // Open opens (creating if needed) the database at path, creating its
@@ -69,7 +71,7 @@ func Open(ctx context.Context, path string) (*DB, error) {
 		db.Close()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
-	d := &DB{db: db, conn: conn, inserts: make(map[string]*sql.Stmt)}
+	d := &DB{path: path, db: db, conn: conn, inserts: make(map[string]*sql.Stmt), chunk: auditChunk}
 	var mode string
 	if err := conn.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
 		d.Close()
@@ -85,6 +87,9 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	}
 	return d, nil
 }
+
+// Path is the database file's path, as given to Open.
+func (d *DB) Path() string { return d.path }
 
 // Close finishes the statement in flight, if any, and closes the database.
 func (d *DB) Close() error {
@@ -209,6 +214,51 @@ func (d *DB) insert(ctx context.Context, sym string, t Tick) error {
 	return err
 }
 
+// InsertBatch stores ticks of sym in one transaction, skipping ids already
+// present, and returns how many rows were added. Meant for backfill pages:
+// one commit per page keeps the lock short and the writes cheap. On error
+// nothing of the batch is stored.
+func (d *DB) InsertBatch(ctx context.Context, sym string, ticks []Tick) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ctx = context.WithoutCancel(ctx)
+	n, err := d.insertBatch(ctx, sym, ticks)
+	if isNoSuchTable(err) {
+		d.forget(sym)
+		if err = d.createTable(ctx, sym); err == nil {
+			n, err = d.insertBatch(ctx, sym, ticks)
+		}
+	}
+	if err != nil {
+		return 0, fmt.Errorf("insert batch into %s: %w", tableName(sym), err)
+	}
+	return n, nil
+}
+
+func (d *DB) insertBatch(ctx context.Context, sym string, ticks []Tick) (int, error) {
+	tx, err := d.conn.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback()
+	st, err := tx.PrepareContext(ctx,
+		`INSERT OR IGNORE INTO `+quoteIdent(tableName(sym))+` (id, timestamp, price) VALUES (?, ?, ?)`)
+	if err != nil {
+		return 0, err
+	}
+	defer st.Close()
+	added := 0
+	for _, t := range ticks {
+		res, err := st.ExecContext(ctx, t.ID, t.Timestamp, t.Price)
+		if err != nil {
+			return 0, err
+		}
+		n, _ := res.RowsAffected()
+		added += int(n)
+	}
+	return added, tx.Commit()
+}
+
 // forget drops the cached statement of sym, which refers to a table that is gone.
 func (d *DB) forget(sym string) {
 	if st, ok := d.inserts[sym]; ok {
@@ -255,6 +305,83 @@ func (d *DB) Range(ctx context.Context, sym string) (first, last int64, ok bool,
 func rangeQuery(sym string) string {
 	t := quoteIdent(tableName(sym))
 	return `SELECT (SELECT MIN(timestamp) FROM ` + t + `), (SELECT MAX(timestamp) FROM ` + t + `)`
+}
+
+// auditChunk is how many ids Holes reads under one hold of the lock, so
+// that live writes wait milliseconds, not seconds.
+const auditChunk = 50_000
+
+// Hole is a range of ids missing between two stored ones, both ends
+// included, with the trade times of the stored ticks around it.
+type Hole struct {
+	From, To      int64
+	After, Before int64 // Unix ms
+}
+
+// Holes walks the ids of sym stored at or after the trade time since (Unix
+// ms), up to maxID, and returns the ranges missing between them. It reads in
+// chunks, releasing the lock between them.
+func (d *DB) Holes(ctx context.Context, sym string, since, maxID int64) ([]Hole, error) {
+	t := quoteIdent(tableName(sym))
+	var from sql.NullInt64
+	err := d.scanRow(ctx, `SELECT id FROM `+t+` WHERE timestamp >= ? ORDER BY timestamp LIMIT 1`, []any{since}, &from)
+	if isNoSuchTable(err) || errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("audit %s: %w", tableName(sym), err)
+	}
+	// Each chunk ends with the first id of the next, so holes across the
+	// boundary are seen.
+	q := `SELECT id, timestamp, nid, nts FROM (
+	    SELECT id, timestamp, LEAD(id) OVER w AS nid, LEAD(timestamp) OVER w AS nts
+	    FROM (SELECT id, timestamp FROM ` + t + ` WHERE id >= ? AND id <= ? ORDER BY id LIMIT ?)
+	    WINDOW w AS (ORDER BY id))
+	WHERE nid > id + 1 OR nid IS NULL`
+	var holes []Hole
+	for start := from.Int64; ; {
+		found, last, err := d.holeChunk(ctx, q, start, maxID)
+		if err != nil {
+			return nil, fmt.Errorf("audit %s: %w", tableName(sym), err)
+		}
+		holes = append(holes, found...)
+		if last == start || last >= maxID {
+			return holes, nil
+		}
+		start = last
+	}
+}
+
+// holeChunk reads one chunk from start and returns its holes and its last id.
+func (d *DB) holeChunk(ctx context.Context, q string, start, maxID int64) ([]Hole, int64, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	rows, err := d.conn.QueryContext(ctx, q, start, maxID, d.chunk+1)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer rows.Close()
+	var holes []Hole
+	last := start
+	for rows.Next() {
+		var id, ts int64
+		var nid, nts sql.NullInt64
+		if err := rows.Scan(&id, &ts, &nid, &nts); err != nil {
+			return nil, 0, err
+		}
+		if !nid.Valid {
+			last = id
+			continue
+		}
+		holes = append(holes, Hole{From: id + 1, To: nid.Int64 - 1, After: ts, Before: nts.Int64})
+	}
+	return holes, last, rows.Err()
+}
+
+func (d *DB) scanRow(ctx context.Context, q string, args []any, dest ...any) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.conn.QueryRowContext(ctx, q, args...).Scan(dest...)
 }
 
 // TableSymbols returns the symbols that have a prices table, sorted by name,

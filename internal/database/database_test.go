@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -276,5 +277,61 @@ func TestInsertFailsWhileLockedAndRecovers(t *testing.T) {
 	tx.Rollback()
 	if err := db.Insert(ctx, "BTCUSDT", Tick{2, 3, 4}); err != nil {
 		t.Errorf("Insert after the lock is released: %v", err)
+	}
+}
+
+func TestInsertBatch(t *testing.T) {
+	db, path := openTest(t)
+	ctx := context.Background()
+	db.Insert(ctx, "BTCUSDT", Tick{2, 20, 2})
+	n, err := db.InsertBatch(ctx, "BTCUSDT", []Tick{{1, 10, 1}, {2, 99, 99}, {3, 30, 3}})
+	if n != 2 || err != nil {
+		t.Errorf("InsertBatch = %d, %v; want 2 new rows", n, err)
+	}
+	got, _ := db.Ticks(ctx, "BTCUSDT", 0)
+	if want := []Tick{{1, 10, 1}, {2, 20, 2}, {3, 30, 3}}; !slices.Equal(got, want) {
+		t.Errorf("rows = %+v, want %+v", got, want)
+	}
+	if _, err := rawOpen(t, path).Exec(`DROP TABLE prices_BTCUSDT`); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := db.InsertBatch(ctx, "BTCUSDT", []Tick{{4, 40, 4}}); n != 1 || err != nil {
+		t.Errorf("InsertBatch after DROP TABLE = %d, %v; want 1, nil", n, err)
+	}
+}
+
+func TestHoles(t *testing.T) {
+	db, _ := openTest(t)
+	db.chunk = 500
+	ctx := context.Background()
+	var ticks []Tick
+	// ids 1..2000 at 1 ms each, except 3 holes, one across a chunk boundary.
+	missing := func(id int64) bool {
+		return id >= 10 && id <= 12 || id >= 500 && id <= 502 || id == 1500
+	}
+	for id := int64(1); id <= 2000; id++ {
+		if !missing(id) {
+			ticks = append(ticks, Tick{id, 1000 + id, 1})
+		}
+	}
+	if _, err := db.InsertBatch(ctx, "BTCUSDT", ticks); err != nil {
+		t.Fatal(err)
+	}
+	got, err := db.Holes(ctx, "BTCUSDT", 0, 2000)
+	want := []Hole{{10, 12, 1009, 1013}, {500, 502, 1499, 1503}, {1500, 1500, 2499, 2501}}
+	if err != nil || !slices.Equal(got, want) {
+		t.Errorf("Holes(all) = %+v, %v\nwant %+v", got, err, want)
+	}
+	// Only ticks from the trade time 1000+1000 on, and ids up to 1500.
+	got, err = db.Holes(ctx, "BTCUSDT", 1000+1000, 1500)
+	if err != nil || len(got) != 0 {
+		t.Errorf("Holes(since 1000, to 1500) = %+v, %v; want none (1501 is beyond maxID)", got, err)
+	}
+	got, err = db.Holes(ctx, "BTCUSDT", 1000+1000, 1501)
+	if err != nil || !slices.Equal(got, want[2:]) {
+		t.Errorf("Holes(since 1000) = %+v, %v; want %+v", got, err, want[2:])
+	}
+	if got, err := db.Holes(ctx, "NOTABLE", 0, 10); got != nil || err != nil {
+		t.Errorf("Holes(no table) = %+v, %v", got, err)
 	}
 }

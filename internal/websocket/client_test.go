@@ -1,6 +1,7 @@
 package websocket
 
 import (
+	"cmp"
 	"context"
 	"io"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 
 	"binance-symbol-tick-store/internal/database"
 	"binance-symbol-tick-store/internal/fakebinance"
+	"binance-symbol-tick-store/internal/rest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -26,11 +28,14 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 type harness struct {
 	t      *testing.T
 	x      *fakebinance.Exchange
+	srv    *httptest.Server
+	opts   options
 	db     *database.DB
 	client *Client
 	sleeps *sleepRecorder
 	cancel context.CancelFunc
 	done   chan struct{}
+	stopFn func()
 }
 
 // sleepRecorder replaces the client's clock: it records each back-off delay
@@ -53,23 +58,67 @@ func (s *sleepRecorder) get() []time.Duration {
 	return append([]time.Duration(nil), s.delays...)
 }
 
-func startClient(t *testing.T, sym string, stale time.Duration, opts fakebinance.Options) *harness {
+// unlimited is a REST budget that never waits.
+type unlimited struct{}
+
+func (unlimited) Take(context.Context, int) error { return nil }
+func (unlimited) Observe(int)                     {}
+func (unlimited) Block(time.Time)                 {}
+
+// options adjust a harness before its client starts.
+type options struct {
+	fake    fakebinance.Options
+	stale   time.Duration
+	maxAge  time.Duration
+	silence time.Duration
+	route   string // default /market/ws
+	dbPath  string // default a new file
+	logs    io.Writer
+	store   func(Store) Store
+}
+
+func startClient(t *testing.T, sym string, o options) *harness {
 	t.Helper()
-	x := fakebinance.New(opts)
+	x := fakebinance.New(o.fake)
 	x.List(sym)
 	srv := httptest.NewServer(x)
-	db, err := database.Open(context.Background(), filepath.Join(t.TempDir(), "ticks.db"))
+	t.Cleanup(func() { x.Close(); srv.Close() })
+	h := &harness{t: t, x: x, srv: srv}
+	h.start(sym, o)
+	return h
+}
+
+// start runs a new client (a restart, when called again) against the
+// harness's exchange.
+func (h *harness) start(sym string, o options) {
+	t := h.t
+	t.Helper()
+	if o.dbPath == "" {
+		o.dbPath = filepath.Join(t.TempDir(), "ticks.db")
+	}
+	db, err := database.Open(context.Background(), o.dbPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, x: x, db: db, sleeps: &sleepRecorder{}, done: make(chan struct{})}
+	var store Store = db
+	if o.store != nil {
+		store = o.store(db)
+	}
+	if o.logs == nil {
+		o.logs = io.Discard
+	}
+	logger := slog.New(slog.NewTextHandler(o.logs, nil))
+	h.db, h.sleeps, h.done, h.opts = db, &sleepRecorder{}, make(chan struct{}), o
 	h.client = New(Config{
-		Symbol:       sym,
-		BaseURL:      "ws" + strings.TrimPrefix(srv.URL, "http") + "/market/ws",
-		StaleTimeout: stale,
-		Store:        db,
-		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Sleep:        h.sleeps.sleep,
+		Symbol:         sym,
+		BaseURL:        "ws" + strings.TrimPrefix(h.srv.URL, "http") + cmp.Or(o.route, "/market/ws"),
+		StaleTimeout:   cmp.Or(o.stale, time.Minute),
+		MaxAge:         o.maxAge,
+		SilenceTimeout: cmp.Or(o.silence, time.Hour),
+		Store:          store,
+		REST:           rest.New(h.srv.URL, unlimited{}, logger),
+		Logger:         logger,
+		Sleep:          h.sleeps.sleep,
 	})
 	var ctx context.Context
 	ctx, h.cancel = context.WithCancel(context.Background())
@@ -77,19 +126,19 @@ func startClient(t *testing.T, sym string, stale time.Duration, opts fakebinance
 		defer close(h.done)
 		h.client.Run(ctx)
 	}()
-	t.Cleanup(func() {
-		h.stop()
-		x.Close()
-		srv.Close()
-		db.Close()
-	})
-	return h
+	stopped := false
+	h.stopFn = func() {
+		if !stopped {
+			stopped = true
+			h.cancel()
+			<-h.done
+			db.Close()
+		}
+	}
+	t.Cleanup(h.stop)
 }
 
-func (h *harness) stop() {
-	h.cancel()
-	<-h.done
-}
+func (h *harness) stop() { h.stopFn() }
 
 // waitFor polls cond until it holds or 10 s pass.
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -114,8 +163,8 @@ func (h *harness) waitStored(sym string) {
 	h.t.Helper()
 	want := h.x.Trades(sym)
 	waitFor(h.t, "all trades stored", func() bool {
-		id, _ := h.db.MaxID(context.Background(), sym)
-		return len(want) > 0 && id == want[len(want)-1].ID
+		rows, _ := h.db.Ticks(context.Background(), sym, 0)
+		return len(rows) >= len(want)
 	})
 	checkTable(h.t, h.db, sym, want)
 }
@@ -123,7 +172,7 @@ func (h *harness) waitStored(sym string) {
 func TestClientStoresEveryTrade(t *testing.T) {
 	for _, sym := range []string{"BTCUSDT", "BTCUSDT_261225", "币安人生USDT", "1000PEPEUSDT"} {
 		t.Run(sym, func(t *testing.T) {
-			h := startClient(t, sym, time.Minute, fakebinance.Options{})
+			h := startClient(t, sym, options{})
 			h.waitSubscribed(sym)
 			h.x.Publish(sym, 200)
 			h.waitStored(sym)
@@ -140,7 +189,7 @@ func TestClientURL(t *testing.T) {
 }
 
 func TestClientAnswersPings(t *testing.T) {
-	h := startClient(t, "BTCUSDT", time.Minute, fakebinance.Options{})
+	h := startClient(t, "BTCUSDT", options{})
 	h.waitSubscribed("BTCUSDT")
 	h.x.PingNow("BTCUSDT")
 	h.x.PingNow("BTCUSDT")
@@ -148,7 +197,7 @@ func TestClientAnswersPings(t *testing.T) {
 }
 
 func TestClientSkipsBadFramesAndKeepsTheConnection(t *testing.T) {
-	h := startClient(t, "BTCUSDT", time.Minute, fakebinance.Options{})
+	h := startClient(t, "BTCUSDT", options{})
 	h.waitSubscribed("BTCUSDT")
 	h.x.Publish("BTCUSDT", 3)
 	for _, f := range []string{`garbage`, `{"result":null,"id":1}`, `{"e":"aggTrade","a":1,"T":2,"p":"NaN"}`,
@@ -175,7 +224,7 @@ func TestClientReconnects(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := startClient(t, "BTCUSDT", 300*time.Millisecond, fakebinance.Options{PingInterval: time.Hour})
+			h := startClient(t, "BTCUSDT", options{stale: 300 * time.Millisecond, fake: fakebinance.Options{PingInterval: time.Hour}})
 			h.waitSubscribed("BTCUSDT")
 			h.x.Publish("BTCUSDT", 10)
 			h.waitStored("BTCUSDT")
@@ -195,7 +244,7 @@ func TestClientReconnects(t *testing.T) {
 }
 
 func TestClientBacksOff(t *testing.T) {
-	h := startClient(t, "BTCUSDT", time.Minute, fakebinance.Options{})
+	h := startClient(t, "BTCUSDT", options{})
 	h.x.RefuseHandshakes(8)
 	waitFor(t, "ninth attempt", func() bool { return h.x.Subscribers("BTCUSDT") == 1 })
 	s := time.Second
@@ -272,8 +321,9 @@ func TestClientSendsCloseFrameOnStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	c := New(Config{Symbol: "BTCUSDT", BaseURL: "ws" + strings.TrimPrefix(srv.URL, "http"), StaleTimeout: time.Minute,
-		Store: db, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Store: db, REST: rest.New(srv.URL, unlimited{}, logger), Logger: logger})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); c.Run(ctx) }()
@@ -299,9 +349,16 @@ func checkTable(t *testing.T, db *database.DB, sym string, trades []fakebinance.
 		t.Fatalf("%s: %d rows stored, want %d", sym, len(rows), len(trades))
 	}
 	for i, tr := range trades {
-		price, _ := strconv.ParseFloat(tr.Price, 64)
-		if want := (database.Tick{ID: tr.ID, Timestamp: tr.Time, Price: price}); rows[i] != want {
+		if want := toTick(tr); rows[i] != want {
 			t.Errorf("%s row %d = %+v, want %+v", sym, i, rows[i], want)
 		}
 	}
+}
+
+func mustFloat(s string) float64 {
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		panic(err)
+	}
+	return f
 }
