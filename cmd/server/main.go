@@ -19,6 +19,8 @@ import (
 	"binance-symbol-tick-store/internal/config"
 	"binance-symbol-tick-store/internal/database"
 	tickhttp "binance-symbol-tick-store/internal/http"
+	"binance-symbol-tick-store/internal/limit"
+	"binance-symbol-tick-store/internal/rest"
 	"binance-symbol-tick-store/internal/settings"
 	"binance-symbol-tick-store/internal/websocket"
 )
@@ -58,19 +60,31 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		return fmt.Errorf("HTTP_PORT=%d: %w", cfg.HTTPPort, err)
 	}
 
+	// Process-wide limits, shared by every symbol. Binance counts connection
+	// attempts per IP (300 per 5 minutes) and REST weight per IP and UTC
+	// minute; the windows are a little wider than Binance's so that network
+	// jitter cannot push two attempts into one of its windows.
+	attempts := limit.NewWindow(limit.Real(),
+		limit.Rule{N: 300, Per: 5*time.Minute + 2*time.Second},
+		limit.Rule{N: 10, Per: time.Second + 100*time.Millisecond})
+	restClient := rest.New(cfg.RESTURL, limit.NewWeight(limit.Real(), cfg.RESTWeight), logger)
 	watcher := settings.New(db, func(sym string) settings.Stream {
 		return websocket.New(websocket.Config{
-			Symbol:       sym,
-			BaseURL:      cfg.WSURL,
-			StaleTimeout: cfg.StaleTimeout,
-			Store:        db,
-			Logger:       logger,
+			Symbol:         sym,
+			BaseURL:        cfg.WSURL,
+			StaleTimeout:   cfg.StaleTimeout,
+			MaxAge:         cfg.MaxAge,
+			SilenceTimeout: cfg.SilenceTimeout,
+			Store:          db,
+			REST:           restClient,
+			Attempts:       attempts,
+			Logger:         logger,
 		})
 	}, cfg.PollInterval, logger)
 	srv := tickhttp.NewServer(tickhttp.NewHandler(db, watcher, started, time.Now, logger), logger)
 
 	logger.Info("tick store started", "db_path", cfg.DBPath, "http_addr", ln.Addr().String(),
-		"ws_url", cfg.WSURL, "poll_interval", cfg.PollInterval)
+		"ws_url", cfg.WSURL, "rest_url", cfg.RESTURL, "poll_interval", cfg.PollInterval)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	watcherDone := make(chan struct{})

@@ -233,3 +233,33 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestServerCutsFirst: when Binance's 24 h cut comes before our rotation,
+// the connection is redialled at once and the cut's gap repaired.
+func TestServerCutsFirst(t *testing.T) {
+	h := startClient(t, "BTCUSDT", options{fake: fakebinance.Options{MaxConnAge: 200 * time.Millisecond}})
+	h.waitSubscribed("BTCUSDT")
+	p := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-p:
+				return
+			case <-time.After(time.Millisecond): // trade pacing, not synchronisation
+				h.x.Publish("BTCUSDT", 1)
+			}
+		}
+	})
+	waitFor(t, "three cuts", func() bool { return len(h.x.Attempts()) >= 4 })
+	close(p)
+	wg.Wait()
+	h.x.Publish("BTCUSDT", 1)
+	h.waitStored("BTCUSDT")
+	for _, d := range h.sleeps.get() {
+		if d != 0 {
+			t.Errorf("reconnect delays %v: a cut healthy connection is redialled at once", h.sleeps.get())
+			break
+		}
+	}
+}
