@@ -3,6 +3,7 @@
 package aggtrade
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,22 +24,25 @@ var ErrNotTrade = errors.New("not an event frame")
 // rejects a frame whose fields are missing or out of range. Keys match
 // exactly: encoding/json would also let "E" (event time) fill a field tagged
 // "e", and Binance keeps adding fields.
-func ParseFrame(b []byte) (database.Tick, error) {
+//
+// When sym is not empty, a frame whose "s" names another symbol is refused:
+// a misrouted trade would land in the wrong table under a foreign id.
+func ParseFrame(b []byte, sym string) (database.Tick, error) {
 	if !json.Valid(b) {
 		return database.Tick{}, errors.New("malformed JSON")
 	}
-	return parseObject(b, true)
+	return parseObject(b, sym, true)
 }
 
 // parseObject parses one valid JSON object; unwrap allows one level of
 // envelope, no more.
-func parseObject(b []byte, unwrap bool) (database.Tick, error) {
+func parseObject(b []byte, sym string, unwrap bool) (database.Tick, error) {
 	m, err := collect(b)
 	if err != nil {
 		return database.Tick{}, err
 	}
 	if m.event == nil && unwrap && m.data != nil && m.data[0] == '{' {
-		return parseObject(m.data, false)
+		return parseObject(m.data, sym, false)
 	}
 	if m.event == nil {
 		return database.Tick{}, ErrNotTrade
@@ -46,7 +50,20 @@ func parseObject(b []byte, unwrap bool) (database.Tick, error) {
 	if string(m.event) != `"aggTrade"` {
 		return database.Tick{}, fmt.Errorf("event type %s is not aggTrade", Clip(m.event))
 	}
+	if sym != "" && m.symbol != nil && !isString(m.symbol, sym) {
+		return database.Tick{}, fmt.Errorf("frame for symbol %s, not %s", Clip(m.symbol), sym)
+	}
 	return m.tick()
+}
+
+// isString reports whether the JSON value v is the string s. The common
+// case, no escapes, costs no allocation.
+func isString(v []byte, s string) bool {
+	if len(v) >= 2 && v[0] == '"' && !bytes.ContainsRune(v, '\\') {
+		return string(v[1:len(v)-1]) == s
+	}
+	var got string
+	return json.Unmarshal(v, &got) == nil && got == s
 }
 
 // ParseRows parses a REST /fapi/v1/aggTrades answer: a JSON array of rows
@@ -80,7 +97,7 @@ func ParseRows(b []byte) ([]database.Tick, error) {
 }
 
 // members holds the raw values of the keys the store reads; nil means absent.
-type members struct{ event, id, time, price, data []byte }
+type members struct{ event, symbol, id, time, price, data []byte }
 
 // collect picks the members out of one valid JSON object. Keys match
 // exactly; a repeated key keeps its last value, as in encoding/json.
@@ -90,6 +107,8 @@ func collect(b []byte) (members, error) {
 		switch string(key) {
 		case "e":
 			m.event = val
+		case "s":
+			m.symbol = val
 		case "a":
 			m.id = val
 		case "T":

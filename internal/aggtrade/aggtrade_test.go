@@ -43,7 +43,7 @@ func TestParseFrameFixtures(t *testing.T) {
 	for i := range envelopes {
 		want := decodeStd(t, raws[i])
 		for _, frame := range [][]byte{raws[i], envelopes[i]} {
-			got, err := ParseFrame(frame)
+			got, err := ParseFrame(frame, "")
 			if err != nil || got != want {
 				t.Errorf("ParseFrame(%s) = %+v, %v; want %+v", frame, got, err, want)
 			}
@@ -83,46 +83,52 @@ func TestParseFrame(t *testing.T) {
 		frame   string
 		want    database.Tick
 		wantErr string // substring; "" means success
+		sym     string // the stream's symbol; "" skips the check
 	}{
-		{"today's raw frame", `{"e":"aggTrade","E":1791382992488,"a":3477868433,"s":"BTCUSDT","p":"83091.70","q":"0.022","nq":"0.022","f":8153634393,"l":8153634394,"T":1791382992338,"m":false,"st":1}`, ok, ""},
-		{"unknown fields and nested values", `{"e":"aggTrade","x":{"a":1,"p":"[}"},"y":[1,{"T":2}],"a":3477868433,"T":1791382992338,"p":"83091.70","z":null}`, ok, ""},
-		{"white space", " {\n \"e\" : \"aggTrade\" ,\t\"a\":3477868433 , \"T\" : 1791382992338, \"p\":\"83091.70\" }\n", ok, ""},
-		{"integer price", `{"e":"aggTrade","a":1,"T":2,"p":"5"}`, database.Tick{ID: 1, Timestamp: 2, Price: 5}, ""},
-		{"future key A does not shadow a", `{"e":"aggTrade","A":99,"a":1,"T":2,"P":"x","p":"5"}`, database.Tick{ID: 1, Timestamp: 2, Price: 5}, ""},
-		{"subscription reply", `{"result":null,"id":1}`, database.Tick{}, "not an event frame"},
-		{"other event", `{"e":"markPriceUpdate","a":1,"T":2,"p":"5"}`, database.Tick{}, "not aggTrade"},
-		{"event in wrong case", `{"e":"AGGTRADE","a":1,"T":2,"p":"5"}`, database.Tick{}, "not aggTrade"},
-		{"malformed JSON", `{"e":"aggTrade","a":1,`, database.Tick{}, "malformed JSON"},
-		{"empty", ``, database.Tick{}, "malformed JSON"},
-		{"array", `[1,2]`, database.Tick{}, "not a JSON object"},
-		{"string", `"aggTrade"`, database.Tick{}, "not a JSON object"},
-		{"missing a", `{"e":"aggTrade","T":2,"p":"5"}`, database.Tick{}, "missing field a"},
-		{"missing T", `{"e":"aggTrade","a":1,"p":"5"}`, database.Tick{}, "missing field T"},
-		{"missing p", `{"e":"aggTrade","a":1,"T":2}`, database.Tick{}, "missing field p"},
-		{"a as string", `{"e":"aggTrade","a":"1","T":2,"p":"5"}`, database.Tick{}, "field a"},
-		{"a negative", `{"e":"aggTrade","a":-1,"T":2,"p":"5"}`, database.Tick{}, "field a"},
-		{"a zero", `{"e":"aggTrade","a":0,"T":2,"p":"5"}`, database.Tick{}, "field a"},
-		{"a fractional", `{"e":"aggTrade","a":1.5,"T":2,"p":"5"}`, database.Tick{}, "field a"},
-		{"a exponent", `{"e":"aggTrade","a":1e3,"T":2,"p":"5"}`, database.Tick{}, "field a"},
-		{"a overflows int64", `{"e":"aggTrade","a":99999999999999999999,"T":2,"p":"5"}`, database.Tick{}, "field a"},
-		{"T null", `{"e":"aggTrade","a":1,"T":null,"p":"5"}`, database.Tick{}, "field T"},
-		{"price number", `{"e":"aggTrade","a":1,"T":2,"p":5}`, database.Tick{}, "field p"},
-		{"price zero", `{"e":"aggTrade","a":1,"T":2,"p":"0.000"}`, database.Tick{}, "field p"},
-		{"price negative", `{"e":"aggTrade","a":1,"T":2,"p":"-5"}`, database.Tick{}, "field p"},
-		{"price NaN", `{"e":"aggTrade","a":1,"T":2,"p":"NaN"}`, database.Tick{}, "field p"},
-		{"price Inf", `{"e":"aggTrade","a":1,"T":2,"p":"Inf"}`, database.Tick{}, "field p"},
-		{"price hex", `{"e":"aggTrade","a":1,"T":2,"p":"0x1p3"}`, database.Tick{}, "field p"},
-		{"price exponent", `{"e":"aggTrade","a":1,"T":2,"p":"1e5"}`, database.Tick{}, "field p"},
-		{"price two dots", `{"e":"aggTrade","a":1,"T":2,"p":"1.2.3"}`, database.Tick{}, "field p"},
-		{"price only dot", `{"e":"aggTrade","a":1,"T":2,"p":"."}`, database.Tick{}, "field p"},
-		{"price empty", `{"e":"aggTrade","a":1,"T":2,"p":""}`, database.Tick{}, "field p"},
-		{"price escaped", `{"e":"aggTrade","a":1,"T":2,"p":"\u0035"}`, database.Tick{}, "field p"},
-		{"price out of range", `{"e":"aggTrade","a":1,"T":2,"p":"` + strings.Repeat("9", 400) + `"}`, database.Tick{}, "field p"},
-		{"envelope twice is not unwrapped", `{"data":{"data":{"e":"aggTrade","a":1,"T":2,"p":"5"}}}`, database.Tick{}, "not an event frame"},
+		{"own symbol", `{"e":"aggTrade","a":1,"s":"BTCUSDT","T":2,"p":"5"}`, database.Tick{ID: 1, Timestamp: 2, Price: 5}, "", "BTCUSDT"},
+		{"own unicode symbol, escaped", `{"e":"aggTrade","a":1,"s":"\u5e01USDT","T":2,"p":"5"}`, database.Tick{ID: 1, Timestamp: 2, Price: 5}, "", "币USDT"},
+		{"no symbol field", `{"e":"aggTrade","a":1,"T":2,"p":"5"}`, database.Tick{ID: 1, Timestamp: 2, Price: 5}, "", "BTCUSDT"},
+		{"another symbol", `{"e":"aggTrade","a":1,"s":"ETHUSDT","T":2,"p":"5"}`, database.Tick{}, "frame for symbol", "BTCUSDT"},
+		{"symbol not a string", `{"e":"aggTrade","a":1,"s":7,"T":2,"p":"5"}`, database.Tick{}, "frame for symbol", "BTCUSDT"},
+		{"today's raw frame", `{"e":"aggTrade","E":1791382992488,"a":3477868433,"s":"BTCUSDT","p":"83091.70","q":"0.022","nq":"0.022","f":8153634393,"l":8153634394,"T":1791382992338,"m":false,"st":1}`, ok, "", ""},
+		{"unknown fields and nested values", `{"e":"aggTrade","x":{"a":1,"p":"[}"},"y":[1,{"T":2}],"a":3477868433,"T":1791382992338,"p":"83091.70","z":null}`, ok, "", ""},
+		{"white space", " {\n \"e\" : \"aggTrade\" ,\t\"a\":3477868433 , \"T\" : 1791382992338, \"p\":\"83091.70\" }\n", ok, "", ""},
+		{"integer price", `{"e":"aggTrade","a":1,"T":2,"p":"5"}`, database.Tick{ID: 1, Timestamp: 2, Price: 5}, "", ""},
+		{"future key A does not shadow a", `{"e":"aggTrade","A":99,"a":1,"T":2,"P":"x","p":"5"}`, database.Tick{ID: 1, Timestamp: 2, Price: 5}, "", ""},
+		{"subscription reply", `{"result":null,"id":1}`, database.Tick{}, "not an event frame", ""},
+		{"other event", `{"e":"markPriceUpdate","a":1,"T":2,"p":"5"}`, database.Tick{}, "not aggTrade", ""},
+		{"event in wrong case", `{"e":"AGGTRADE","a":1,"T":2,"p":"5"}`, database.Tick{}, "not aggTrade", ""},
+		{"malformed JSON", `{"e":"aggTrade","a":1,`, database.Tick{}, "malformed JSON", ""},
+		{"empty", ``, database.Tick{}, "malformed JSON", ""},
+		{"array", `[1,2]`, database.Tick{}, "not a JSON object", ""},
+		{"string", `"aggTrade"`, database.Tick{}, "not a JSON object", ""},
+		{"missing a", `{"e":"aggTrade","T":2,"p":"5"}`, database.Tick{}, "missing field a", ""},
+		{"missing T", `{"e":"aggTrade","a":1,"p":"5"}`, database.Tick{}, "missing field T", ""},
+		{"missing p", `{"e":"aggTrade","a":1,"T":2}`, database.Tick{}, "missing field p", ""},
+		{"a as string", `{"e":"aggTrade","a":"1","T":2,"p":"5"}`, database.Tick{}, "field a", ""},
+		{"a negative", `{"e":"aggTrade","a":-1,"T":2,"p":"5"}`, database.Tick{}, "field a", ""},
+		{"a zero", `{"e":"aggTrade","a":0,"T":2,"p":"5"}`, database.Tick{}, "field a", ""},
+		{"a fractional", `{"e":"aggTrade","a":1.5,"T":2,"p":"5"}`, database.Tick{}, "field a", ""},
+		{"a exponent", `{"e":"aggTrade","a":1e3,"T":2,"p":"5"}`, database.Tick{}, "field a", ""},
+		{"a overflows int64", `{"e":"aggTrade","a":99999999999999999999,"T":2,"p":"5"}`, database.Tick{}, "field a", ""},
+		{"T null", `{"e":"aggTrade","a":1,"T":null,"p":"5"}`, database.Tick{}, "field T", ""},
+		{"price number", `{"e":"aggTrade","a":1,"T":2,"p":5}`, database.Tick{}, "field p", ""},
+		{"price zero", `{"e":"aggTrade","a":1,"T":2,"p":"0.000"}`, database.Tick{}, "field p", ""},
+		{"price negative", `{"e":"aggTrade","a":1,"T":2,"p":"-5"}`, database.Tick{}, "field p", ""},
+		{"price NaN", `{"e":"aggTrade","a":1,"T":2,"p":"NaN"}`, database.Tick{}, "field p", ""},
+		{"price Inf", `{"e":"aggTrade","a":1,"T":2,"p":"Inf"}`, database.Tick{}, "field p", ""},
+		{"price hex", `{"e":"aggTrade","a":1,"T":2,"p":"0x1p3"}`, database.Tick{}, "field p", ""},
+		{"price exponent", `{"e":"aggTrade","a":1,"T":2,"p":"1e5"}`, database.Tick{}, "field p", ""},
+		{"price two dots", `{"e":"aggTrade","a":1,"T":2,"p":"1.2.3"}`, database.Tick{}, "field p", ""},
+		{"price only dot", `{"e":"aggTrade","a":1,"T":2,"p":"."}`, database.Tick{}, "field p", ""},
+		{"price empty", `{"e":"aggTrade","a":1,"T":2,"p":""}`, database.Tick{}, "field p", ""},
+		{"price escaped", `{"e":"aggTrade","a":1,"T":2,"p":"\u0035"}`, database.Tick{}, "field p", ""},
+		{"price out of range", `{"e":"aggTrade","a":1,"T":2,"p":"` + strings.Repeat("9", 400) + `"}`, database.Tick{}, "field p", ""},
+		{"envelope twice is not unwrapped", `{"data":{"data":{"e":"aggTrade","a":1,"T":2,"p":"5"}}}`, database.Tick{}, "not an event frame", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := ParseFrame([]byte(tt.frame))
+			got, err := ParseFrame([]byte(tt.frame), tt.sym)
 			if tt.wantErr == "" {
 				if err != nil || got != tt.want {
 					t.Errorf("ParseFrame(%q) = %+v, %v; want %+v, nil", tt.frame, got, err, tt.want)
@@ -138,11 +144,11 @@ func TestParseFrame(t *testing.T) {
 
 func TestParseFrameDeepNesting(t *testing.T) {
 	deep := `{"e":"aggTrade","a":1,"T":2,"p":"5","x":` + strings.Repeat("[", 5000) + strings.Repeat("]", 5000) + `}`
-	if got, err := ParseFrame([]byte(deep)); err != nil || got.ID != 1 {
+	if got, err := ParseFrame([]byte(deep), ""); err != nil || got.ID != 1 {
 		t.Errorf("ParseFrame(5000-deep) = %+v, %v", got, err)
 	}
 	tooDeep := strings.Repeat("[", 20000) + strings.Repeat("]", 20000)
-	if _, err := ParseFrame([]byte(tooDeep)); err == nil {
+	if _, err := ParseFrame([]byte(tooDeep), ""); err == nil {
 		t.Error("ParseFrame(20000-deep) succeeded, want an error")
 	}
 }
@@ -159,7 +165,7 @@ func FuzzParseFrame(f *testing.F) {
 	f.Add([]byte(`{"e":"aggTrade","a":1,"T":2,"p":"1e5"}`))
 	f.Add([]byte(`{"e":"aggTrade","A":1,"a":1,"T":2,"p":"5","p":"6"}`))
 	f.Fuzz(func(t *testing.T, frame []byte) {
-		got, err := ParseFrame(frame)
+		got, err := ParseFrame(frame, "")
 		if err != nil {
 			if got != (database.Tick{}) {
 				t.Errorf("ParseFrame(%q) = %+v with error %v, want the zero Tick", frame, got, err)

@@ -344,7 +344,7 @@ func (c *Client) serve(ctx context.Context, cn *conn, wg *sync.WaitGroup) (healt
 
 // handle parses and stores one frame, and queues the ids it reveals missing.
 func (c *Client) handle(ctx context.Context, cn *conn, frame []byte) {
-	tick, err := aggtrade.ParseFrame(frame)
+	tick, err := aggtrade.ParseFrame(frame, c.cfg.Symbol)
 	if errors.Is(err, aggtrade.ErrNotTrade) {
 		c.log.Debug("frame ignored", "frame", aggtrade.Clip(frame))
 		return
