@@ -20,6 +20,7 @@ import (
 	"binance-symbol-tick-store/internal/database"
 	tickhttp "binance-symbol-tick-store/internal/http"
 	"binance-symbol-tick-store/internal/limit"
+	"binance-symbol-tick-store/internal/metrics"
 	"binance-symbol-tick-store/internal/rest"
 	"binance-symbol-tick-store/internal/settings"
 	"binance-symbol-tick-store/internal/websocket"
@@ -67,8 +68,21 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	attempts := limit.NewWindow(limit.Real(),
 		limit.Rule{N: 300, Per: 5*time.Minute + 2*time.Second},
 		limit.Rule{N: 10, Per: time.Second + 100*time.Millisecond})
-	restClient := rest.New(cfg.RESTURL, limit.NewWeight(limit.Real(), cfg.RESTWeight), logger)
-	watcher := settings.New(db, func(sym string) settings.Stream {
+	weight := limit.NewWeight(limit.Real(), cfg.RESTWeight)
+	restClient := rest.New(cfg.RESTURL, weight, logger)
+	var watcher *settings.Watcher
+	m := metrics.New(metrics.Sources{
+		Streams: func() map[string]websocket.Stats {
+			out := make(map[string]websocket.Stats)
+			for sym, s := range watcher.Streams() {
+				out[sym] = s.(*websocket.Client).Stats()
+			}
+			return out
+		},
+		RESTWeight: weight.Used,
+		DBPath:     cfg.DBPath,
+	})
+	watcher = settings.New(db, func(sym string) settings.Stream {
 		return websocket.New(websocket.Config{
 			Symbol:         sym,
 			BaseURL:        cfg.WSURL,
@@ -77,11 +91,12 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 			SilenceTimeout: cfg.SilenceTimeout,
 			Store:          db,
 			REST:           restClient,
-			Attempts:       attempts,
+			Attempts:       countedWaiter{attempts, m.Attempts},
+			WriteLatency:   m.WriteLatency,
 			Logger:         logger,
 		})
 	}, cfg.PollInterval, logger)
-	srv := tickhttp.NewServer(tickhttp.NewHandler(db, watcher, started, time.Now, logger), logger)
+	srv := tickhttp.NewServer(tickhttp.NewHandler(db, watcher, started, time.Now, logger, m.Handler()), logger)
 
 	logger.Info("tick store started", "db_path", cfg.DBPath, "http_addr", ln.Addr().String(),
 		"ws_url", cfg.WSURL, "rest_url", cfg.RESTURL, "poll_interval", cfg.PollInterval)
@@ -112,4 +127,18 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	}
 	logger.Info("tick store stopped", "uptime", time.Since(started).Round(time.Second))
 	return runErr
+}
+
+// countedWaiter counts the connection attempts a limiter admits.
+type countedWaiter struct {
+	w interface{ Wait(context.Context) error }
+	n interface{ Inc() }
+}
+
+func (c countedWaiter) Wait(ctx context.Context) error {
+	if err := c.w.Wait(ctx); err != nil {
+		return err
+	}
+	c.n.Inc()
+	return nil
 }

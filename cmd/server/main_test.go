@@ -136,7 +136,12 @@ func sameTrades(got, want []fakebinance.Trade) error {
 
 func getStatus(t *testing.T, port string) string {
 	t.Helper()
-	resp, err := http.Get("http://127.0.0.1:" + port + "/status")
+	return get(t, port, "/status")
+}
+
+func get(t *testing.T, port, path string) string {
+	t.Helper()
+	resp, err := http.Get("http://127.0.0.1:" + port + path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,6 +205,14 @@ func TestEndToEnd(t *testing.T) {
 	for _, line := range []string{`\nBTCUSDT +on +20\d\d-`, `\nNOTLISTED +on +\(no data yet\)\n`, `\n"X\\"; DROP TABLE symbol_settings;--" +off +\(invalid`} {
 		if !regexp.MustCompile(line).MatchString(page) {
 			t.Errorf("status page does not match %q:\n%s", line, page)
+		}
+	}
+
+	metrics := get(t, port, "/metrics")
+	for _, re := range []string{`(?m)^tickstore_ticks_stored_total\{symbol="BTCUSDT"\} 50$`, `(?m)^tickstore_connected\{symbol="ETHUSDT"\} 1$`,
+		`(?m)^tickstore_ws_connection_attempts_total 5$`, `(?m)^tickstore_db_write_seconds_count 200$`, `(?m)^go_goroutines `} {
+		if !regexp.MustCompile(re).MatchString(metrics) {
+			t.Errorf("metrics page does not match %s", re)
 		}
 	}
 

@@ -29,8 +29,8 @@ type Streams interface {
 	Connected(sym string) bool
 }
 
-// Handler serves GET /status and GET /healthz; every other path is 404 and
-// every other method 405.
+// Handler serves GET /status, GET /healthz and, if given, GET /metrics;
+// every other path is 404 and every other method 405.
 type Handler struct {
 	src     Source
 	streams Streams
@@ -40,11 +40,15 @@ type Handler struct {
 	mux     *http.ServeMux
 }
 
-// NewHandler returns the handler; started is the process start, now the clock.
-func NewHandler(src Source, streams Streams, started time.Time, now func() time.Time, logger *slog.Logger) *Handler {
+// NewHandler returns the handler; started is the process start, now the
+// clock, metrics the /metrics page (nil: none).
+func NewHandler(src Source, streams Streams, started time.Time, now func() time.Time, logger *slog.Logger, metrics http.Handler) *Handler {
 	h := &Handler{src: src, streams: streams, started: started, now: now, log: logger, mux: http.NewServeMux()}
 	h.mux.HandleFunc("GET /status", h.status)
 	h.mux.HandleFunc("GET /healthz", h.healthz)
+	if metrics != nil {
+		h.mux.Handle("GET /metrics", metrics)
+	}
 	return h
 }
 

@@ -53,7 +53,7 @@ func (c connected) Connected(sym string) bool { return c[sym] }
 func newTestHandler(db *fakeDB, conns connected, uptime time.Duration) *Handler {
 	now := time.Date(2024, 12, 21, 14, 30, 0, 0, time.UTC)
 	return NewHandler(db, conns, now.Add(-uptime), func() time.Time { return now },
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
+		slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 }
 
 func get(t *testing.T, h http.Handler, method, path string) *httptest.ResponseRecorder {

@@ -82,6 +82,17 @@ func (w *Watcher) Connected(sym string) bool {
 	return ok && r.stream.Connected()
 }
 
+// Streams returns the running streams by symbol, in a new map.
+func (w *Watcher) Streams() map[string]Stream {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make(map[string]Stream, len(w.running))
+	for sym, r := range w.running {
+		out[sym] = r.stream
+	}
+	return out
+}
+
 // poll reads the settings once and starts and stops streams to match. Polls
 // run one after another and a stopped stream has returned before poll does,
 // so a symbol never has two streams.

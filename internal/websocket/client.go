@@ -58,6 +58,11 @@ type Waiter interface {
 	Wait(ctx context.Context) error
 }
 
+// Observer records a duration in seconds (a prometheus.Histogram).
+type Observer interface {
+	Observe(seconds float64)
+}
+
 // Config is what one Client needs. Symbol must be normalised; Store, REST
 // and Logger are required; zero durations take Binance-sized defaults.
 type Config struct {
@@ -68,7 +73,8 @@ type Config struct {
 	SilenceTimeout time.Duration // no trade for this long: ask REST whether the market is really quiet
 	Store          Store
 	REST           REST
-	Attempts       Waiter // nil: no limit
+	Attempts       Waiter   // nil: no limit
+	WriteLatency   Observer // nil: not measured; sees every live Insert
 	Logger         *slog.Logger
 	Dialer         *gorillaws.Dialer                                // nil: a dialer with a 10 s handshake timeout
 	Sleep          func(ctx context.Context, d time.Duration) error // reconnect delays; nil: a timer (tests inject a clock)
@@ -83,6 +89,9 @@ type Client struct {
 	filler *backfill.Filler
 	open   atomic.Int32 // connections open now
 	checks chan silenceResult
+
+	stored, writeErrors, dials atomic.Int64
+	lastTrade                  atomic.Int64 // trade time of the last stored tick, Unix ms
 
 	mu         sync.Mutex // guards the fields below, shared by the readers of overlapping connections
 	last       int64      // highest trade id known: stored, or queued for repair; 0 before the first
@@ -124,8 +133,29 @@ func (c *Client) URL() string { return c.url }
 // Connected reports whether a stream connection is open right now.
 func (c *Client) Connected() bool { return c.open.Load() > 0 }
 
-// Stats returns the gap repair totals.
-func (c *Client) Stats() backfill.Stats { return c.filler.Stats() }
+// Stats are a client's running totals, for metrics.
+type Stats struct {
+	backfill.Stats
+	Connected       bool
+	TicksStored     int64 // live ticks written (a redelivered one counts again)
+	WriteErrors     int64 // live ticks whose write failed (queued for repair)
+	Reconnects      int64 // connection attempts after the first
+	LastTradeMillis int64 // trade time of the last stored live tick; 0 before one
+	PendingIDs      int64 // ids queued for repair
+}
+
+// Stats returns the running totals.
+func (c *Client) Stats() Stats {
+	return Stats{
+		Stats:           c.filler.Stats(),
+		Connected:       c.Connected(),
+		TicksStored:     c.stored.Load(),
+		WriteErrors:     c.writeErrors.Load(),
+		Reconnects:      max(c.dials.Load()-1, 0),
+		LastTradeMillis: c.lastTrade.Load(),
+		PendingIDs:      c.filler.Pending(),
+	}
+}
 
 // Run creates the symbol's table, repairs the holes of the last 48 hours and
 // streams trades until ctx is cancelled, reconnecting after every failure: at
@@ -227,6 +257,7 @@ func (c *Client) dial(ctx context.Context, wg *sync.WaitGroup) (*conn, error) {
 			return nil, err
 		}
 	}
+	c.dials.Add(1)
 	ws, resp, err := c.cfg.Dialer.DialContext(ctx, c.url, nil)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -383,8 +414,17 @@ func (c *Client) handle(ctx context.Context, cn *conn, frame []byte) {
 		c.filler.Add(gap)
 	}
 
-	if err := c.cfg.Store.Insert(ctx, c.cfg.Symbol, tick); err != nil {
+	start := time.Now()
+	err = c.cfg.Store.Insert(ctx, c.cfg.Symbol, tick)
+	if c.cfg.WriteLatency != nil {
+		c.cfg.WriteLatency.Observe(time.Since(start).Seconds())
+	}
+	if err == nil {
+		c.stored.Add(1)
+		c.lastTrade.Store(tick.Timestamp)
+	} else {
 		// Spec: log and skip, no retry. The skipped id is a gap like any other.
+		c.writeErrors.Add(1)
 		c.filler.AddQuiet(backfill.Gap{From: tick.ID, To: tick.ID, Cause: "write failed"})
 		c.mu.Lock()
 		n, ok := c.failWrites.allow(now)
