@@ -6,8 +6,10 @@ RUN go mod download
 COPY . .
 RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/server ./cmd/server
 
-# Runtime stage: alpine for its busybox wget, used by the health check.
+# Runtime stage: alpine for its busybox wget (the health check) and the
+# sqlite3 shell (make symbol-add and friends on hosts without sqlite3).
 FROM alpine:3
+RUN apk add --no-cache sqlite
 WORKDIR /app
 COPY --from=build /out/server /app/server
 ENV DB_PATH=/app/.data/ticks.db \

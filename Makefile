@@ -5,7 +5,7 @@ BIN       ?= bin/server
 # Docker Compose v2 ("docker compose") if present, else the v1 binary.
 COMPOSE   ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-.PHONY: build run stop status logs test fake
+.PHONY: build run stop status logs test fake symbols symbol-add symbol-enable symbol-disable symbol-remove backup export
 
 ## build: compile the server into bin/server (pure Go, no cgo)
 build:
@@ -32,6 +32,37 @@ logs:
 test:
 	go vet ./...
 	go test -race ./...
+
+# Symbol management and backups: plain SQL through sqlite3, the local one if
+# installed, else the one in the running container. SYMBOL, DAY and OUT are
+# read from the environment by the script, never pasted into a command line.
+OPS = scripts/tickstore.sh
+
+## symbols: list symbol_settings
+symbols:
+	@$(OPS) list
+
+## symbol-add SYMBOL=BTCUSDT: add (or re-enable) a symbol
+symbol-add:
+	@$(OPS) add "$$SYMBOL"
+
+## symbol-enable SYMBOL=BTCUSDT / symbol-disable SYMBOL=BTCUSDT: resume or pause
+symbol-enable:
+	@$(OPS) enable "$$SYMBOL"
+symbol-disable:
+	@$(OPS) disable "$$SYMBOL"
+
+## symbol-remove SYMBOL=BTCUSDT: stop recording it (its table and ticks stay)
+symbol-remove:
+	@$(OPS) remove "$$SYMBOL"
+
+## backup [OUT=file]: consistent copy of the database while the store runs
+backup:
+	@$(OPS) backup $${OUT:+"$$OUT"}
+
+## export SYMBOL=BTCUSDT DAY=2026-05-01 [OUT=file.csv]: one UTC day as CSV
+export:
+	@$(OPS) export "$$SYMBOL" "$$DAY" $${OUT:+"$$OUT"}
 
 ## fake: run the fake exchange on 127.0.0.1:9443, for trying the store offline
 fake:
