@@ -55,7 +55,7 @@ func TestOperatorTargets(t *testing.T) {
 		return m != nil
 	})
 	statusLine := func(sym string) string {
-		return regexp.MustCompile(`(?m)^`+sym+` +(on|off) +.*$`).FindString(getStatus(t, port))
+		return regexp.MustCompile(`(?m)^` + sym + ` +(on|off) +.*$`).FindString(getStatus(t, port))
 	}
 
 	f.makeOps(t, "symbol-add", "SYMBOL= btcusdt ")

@@ -362,6 +362,7 @@ func (c *Client) serve(ctx context.Context, cn *conn, wg *sync.WaitGroup) (healt
 			next = nil
 			rotate.Reset(rotateRetry)
 		case <-silence.C:
+			c.flushSummaries()
 			c.maybeCheckSilence(ctx, cn, wg)
 		case res := <-c.checks:
 			if res.dead && res.conn == cn {
@@ -432,6 +433,22 @@ func (c *Client) handle(ctx context.Context, cn *conn, frame []byte) {
 		if ok {
 			c.log.Error("tick not stored, queued for repair", "error", err, "id", tick.ID, "skipped_before", n)
 		}
+	}
+}
+
+// flushSummaries logs the count of warnings held back by the throttles once
+// their period is over, so a flood that stops is still accounted for.
+func (c *Client) flushSummaries() {
+	now := time.Now()
+	c.mu.Lock()
+	frames, framesOK := c.badFrames.flush(now)
+	writes, writesOK := c.failWrites.flush(now)
+	c.mu.Unlock()
+	if framesOK {
+		c.log.Warn("bad frames skipped since the last report", "count", frames)
+	}
+	if writesOK {
+		c.log.Error("ticks not stored since the last report, queued for repair", "count", writes)
 	}
 }
 
@@ -565,6 +582,17 @@ type throttle struct {
 func (t *throttle) allow(now time.Time) (suppressed int, ok bool) {
 	if !t.last.IsZero() && now.Sub(t.last) < t.every {
 		t.suppressed++
+		return 0, false
+	}
+	n := t.suppressed
+	t.last, t.suppressed = now, 0
+	return n, true
+}
+
+// flush reports the lines held back once the period since the last logged
+// one is over, and starts a new period.
+func (t *throttle) flush(now time.Time) (suppressed int, ok bool) {
+	if t.suppressed == 0 || now.Sub(t.last) < t.every {
 		return 0, false
 	}
 	n := t.suppressed

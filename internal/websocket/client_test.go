@@ -362,3 +362,36 @@ func mustFloat(s string) float64 {
 	}
 	return f
 }
+
+func TestThrottle(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	th := throttle{every: time.Minute}
+	type step struct {
+		at          time.Duration
+		allow       bool // call allow (else flush)
+		wantOK      bool
+		wantSkipped int
+	}
+	steps := []step{
+		{0, true, true, 0},                  // the first is logged
+		{time.Second, true, false, 0},       // held back
+		{2 * time.Second, true, false, 0},   // held back
+		{30 * time.Second, false, false, 0}, // too early to summarise
+		{61 * time.Second, false, true, 2},  // summary of the two
+		{62 * time.Second, false, false, 0}, // nothing left
+		{62 * time.Second, true, false, 0},  // within the new period
+		{3 * time.Minute, true, true, 1},    // logged, with the one before
+	}
+	for i, s := range steps {
+		var n int
+		var ok bool
+		if s.allow {
+			n, ok = th.allow(t0.Add(s.at))
+		} else {
+			n, ok = th.flush(t0.Add(s.at))
+		}
+		if ok != s.wantOK || n != s.wantSkipped {
+			t.Errorf("step %d at %v: got %d, %v; want %d, %v", i, s.at, n, ok, s.wantSkipped, s.wantOK)
+		}
+	}
+}
