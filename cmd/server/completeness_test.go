@@ -92,7 +92,7 @@ func (f *fixture) waitComplete(t *testing.T, sym string) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s incomplete after 30 s: %v", sym, last)
+			t.Fatalf("%s incomplete after 30 s: %v; missing %s", sym, last, missingRanges(got, want))
 		}
 		time.Sleep(20 * time.Millisecond) // polling interval, not synchronisation
 	}
@@ -106,6 +106,9 @@ func TestKilledAndRestarted(t *testing.T) {
 	}
 	bin := buildServer(t)
 	f := newFixture(t, "BTCUSDT", "ETHUSDT")
+	// Trading stops right after the last restart: no frame reveals that
+	// gap, so the silence check has to, soon.
+	f.env["STREAM_SILENCE_TIMEOUT"] = "1s"
 	s := f.startServer(t, bin)
 	db := f.sqlite(t)
 	exec1(t, db, `INSERT INTO symbol_settings (symbol) VALUES ('BTCUSDT'), ('ETHUSDT')`)
@@ -121,6 +124,11 @@ func TestKilledAndRestarted(t *testing.T) {
 		waitFor(t, fmt.Sprintf("resubscription %d", round), func() bool { return f.x.Subscribers("BTCUSDT") == 1 })
 	}
 	p.halt()
+	defer func() {
+		if t.Failed() {
+			t.Logf("log of the last run:\n%s", s.logs.String())
+		}
+	}()
 	f.waitComplete(t, "BTCUSDT")
 	f.waitComplete(t, "ETHUSDT")
 	if !strings.Contains(s.logs.String(), `msg="gap filled"`) {
@@ -217,4 +225,25 @@ func TestRESTRateLimitIsObeyed(t *testing.T) {
 	if gap := calls[1].At.Sub(calls[0].At); gap < 2*time.Second {
 		t.Errorf("next REST call %v after a 429 with Retry-After 2, want at least 2 s", gap)
 	}
+}
+
+// missingRanges describes the ids of want that are not in got.
+func missingRanges(got, want []fakebinance.Trade) string {
+	have := make(map[int64]bool, len(got))
+	for _, g := range got {
+		have[g.ID] = true
+	}
+	var out []string
+	for i := 0; i < len(want); i++ {
+		if have[want[i].ID] {
+			continue
+		}
+		j := i
+		for j+1 < len(want) && !have[want[j+1].ID] {
+			j++
+		}
+		out = append(out, fmt.Sprintf("%d..%d", want[i].ID, want[j].ID))
+		i = j
+	}
+	return strings.Join(out, ", ")
 }
