@@ -11,9 +11,11 @@ COMPOSE   ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker comp
 build:
 	CGO_ENABLED=0 go build -trimpath -o $(BIN) ./cmd/server
 
-## run: build the image and start the store in the background
+## run: build the image and start the store in the background, as you
+## (the container runs with your uid and gid, so .data/ stays yours)
 run:
-	$(COMPOSE) up --build -d
+	mkdir -p .data
+	HOST_UID=$$(id -u) HOST_GID=$$(id -g) $(COMPOSE) up --build -d
 
 ## stop: stop and remove the container (the data stays in .data/)
 stop:
