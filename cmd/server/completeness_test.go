@@ -10,18 +10,19 @@ import (
 	"time"
 
 	"binance-symbol-tick-store/internal/fakebinance"
+	"binance-symbol-tick-store/internal/testutil"
 )
 
 // server is the compiled store running as a child process.
 type server struct {
 	cmd  *exec.Cmd
-	logs *syncBuffer
+	logs *testutil.SyncBuffer
 	done chan error
 }
 
 func (f *fixture) startServer(t *testing.T, bin string) *server {
 	t.Helper()
-	s := &server{cmd: f.command(bin), logs: &syncBuffer{}, done: make(chan error, 1)}
+	s := &server{cmd: f.command(bin), logs: &testutil.SyncBuffer{}, done: make(chan error, 1)}
 	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -31,7 +32,7 @@ func (f *fixture) startServer(t *testing.T, bin string) *server {
 		s.cmd.Process.Kill()
 		<-s.done
 	})
-	waitFor(t, "start-up", func() bool { return strings.Contains(s.logs.String(), `msg="tick store started"`) })
+	testutil.WaitFor(t, "start-up", func() bool { return strings.Contains(s.logs.String(), `msg="tick store started"`) })
 	return s
 }
 
@@ -112,16 +113,16 @@ func TestKilledAndRestarted(t *testing.T) {
 	s := f.startServer(t, bin)
 	db := f.sqlite(t)
 	exec1(t, db, `INSERT INTO symbol_settings (symbol) VALUES ('BTCUSDT'), ('ETHUSDT')`)
-	waitFor(t, "subscriptions", func() bool { return f.x.Subscribers("BTCUSDT") == 1 && f.x.Subscribers("ETHUSDT") == 1 })
+	testutil.WaitFor(t, "subscriptions", func() bool { return f.x.Subscribers("BTCUSDT") == 1 && f.x.Subscribers("ETHUSDT") == 1 })
 	p := publish(f.x, time.Millisecond, "BTCUSDT", "ETHUSDT")
 	defer p.halt()
-	waitFor(t, "ticks stored", func() bool { return len(stored(t, db, "ETHUSDT")) > 200 })
+	testutil.WaitFor(t, "ticks stored", func() bool { return len(stored(t, db, "ETHUSDT")) > 200 })
 	for round := range 3 {
 		s.kill(t)
 		before := len(f.x.Trades("BTCUSDT"))
-		waitFor(t, "trades while the store is down", func() bool { return len(f.x.Trades("BTCUSDT")) > before+300 })
+		testutil.WaitFor(t, "trades while the store is down", func() bool { return len(f.x.Trades("BTCUSDT")) > before+300 })
 		s = f.startServer(t, bin)
-		waitFor(t, fmt.Sprintf("resubscription %d", round), func() bool { return f.x.Subscribers("BTCUSDT") == 1 })
+		testutil.WaitFor(t, fmt.Sprintf("resubscription %d", round), func() bool { return f.x.Subscribers("BTCUSDT") == 1 })
 	}
 	p.halt()
 	defer func() {
@@ -148,15 +149,15 @@ func TestWritesBlockedByAnotherProgram(t *testing.T) {
 	s := f.startServer(t, bin)
 	db := f.sqlite(t)
 	exec1(t, db, `INSERT INTO symbol_settings (symbol) VALUES ('BTCUSDT')`)
-	waitFor(t, "subscription", func() bool { return f.x.Subscribers("BTCUSDT") == 1 })
+	testutil.WaitFor(t, "subscription", func() bool { return f.x.Subscribers("BTCUSDT") == 1 })
 	p := publish(f.x, 5*time.Millisecond, "BTCUSDT")
 	defer p.halt()
-	waitFor(t, "ticks stored", func() bool { return len(stored(t, db, "BTCUSDT")) > 50 })
+	testutil.WaitFor(t, "ticks stored", func() bool { return len(stored(t, db, "BTCUSDT")) > 50 })
 
 	lock := f.sqlite(t)
 	lock.SetMaxOpenConns(1)
 	exec1(t, lock, `BEGIN EXCLUSIVE`)
-	waitFor(t, "a failed write", func() bool { return strings.Contains(s.logs.String(), "tick not stored") })
+	testutil.WaitFor(t, "a failed write", func() bool { return strings.Contains(s.logs.String(), "tick not stored") })
 	exec1(t, lock, `COMMIT`)
 	lock.Close()
 	p.halt()
@@ -180,7 +181,7 @@ func TestConnectionAttemptsAreLimited(t *testing.T) {
 	for _, s := range syms {
 		exec1(t, db, `INSERT INTO symbol_settings (symbol) VALUES (?)`, s)
 	}
-	waitFor(t, "every symbol connected", func() bool {
+	testutil.WaitFor(t, "every symbol connected", func() bool {
 		for _, s := range syms {
 			if f.x.Subscribers(s) != 1 {
 				return false
@@ -208,14 +209,14 @@ func TestRESTRateLimitIsObeyed(t *testing.T) {
 	s := f.startServer(t, bin)
 	db := f.sqlite(t)
 	exec1(t, db, `INSERT INTO symbol_settings (symbol) VALUES ('BTCUSDT')`)
-	waitFor(t, "subscription", func() bool { return f.x.Subscribers("BTCUSDT") == 1 })
+	testutil.WaitFor(t, "subscription", func() bool { return f.x.Subscribers("BTCUSDT") == 1 })
 	f.x.Publish("BTCUSDT", 10)
-	waitFor(t, "ticks stored", func() bool { return len(stored(t, db, "BTCUSDT")) == 10 })
+	testutil.WaitFor(t, "ticks stored", func() bool { return len(stored(t, db, "BTCUSDT")) == 10 })
 	s.kill(t)
 	f.x.Publish("BTCUSDT", 2500)
 	f.x.FailREST(429, 2*time.Second, 1)
 	f.startServer(t, bin)
-	waitFor(t, "resubscription", func() bool { return f.x.Subscribers("BTCUSDT") == 1 })
+	testutil.WaitFor(t, "resubscription", func() bool { return f.x.Subscribers("BTCUSDT") == 1 })
 	f.x.Publish("BTCUSDT", 1)
 	f.waitComplete(t, "BTCUSDT")
 	calls := f.x.RESTCalls()

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,38 +20,10 @@ import (
 	"go.uber.org/goleak"
 
 	"binance-symbol-tick-store/internal/fakebinance"
+	"binance-symbol-tick-store/internal/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// syncBuffer collects the server's log lines from its goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval, not synchronisation
-	}
-}
 
 var addrRE = regexp.MustCompile(`http_addr=\S*:(\d+)`)
 
@@ -79,6 +49,30 @@ func newFixture(t *testing.T, symbols ...string) *fixture {
 		"SETTINGS_POLL_INTERVAL": "200ms",
 		"LOG_LEVEL":              "debug",
 	}}
+}
+
+// runInProcess starts the store in this process with the fixture's
+// environment and returns the port it serves on. It stops with the test.
+func (f *fixture) runInProcess(t *testing.T) (port string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var logs testutil.SyncBuffer
+	errc := make(chan error, 1)
+	go func() { errc <- run(ctx, func(k string) string { return f.env[k] }, &logs) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-errc; err != nil {
+			t.Errorf("run returned %v", err)
+		}
+	})
+	testutil.WaitFor(t, "the store to listen", func() bool {
+		m := addrRE.FindStringSubmatch(logs.String())
+		if m != nil {
+			port = m[1]
+		}
+		return m != nil
+	})
+	return port
 }
 
 // sqlite opens the store's file the way a user's sqlite3 shell would.
@@ -155,36 +149,19 @@ func get(t *testing.T, port, path string) string {
 func TestEndToEnd(t *testing.T) {
 	syms := []string{"BTCUSDT", "ETHUSDT", "币安人生USDT", "BTCUSDT_261225"}
 	f := newFixture(t, syms...)
-	ctx, cancel := context.WithCancel(context.Background())
-	var logs syncBuffer
-	errc := make(chan error, 1)
-	go func() { errc <- run(ctx, func(k string) string { return f.env[k] }, &logs) }()
-	defer func() {
-		cancel()
-		if err := <-errc; err != nil {
-			t.Errorf("run returned %v", err)
-		}
-	}()
-	var port string
-	waitFor(t, "the store to listen", func() bool {
-		m := addrRE.FindStringSubmatch(logs.String())
-		if m != nil {
-			port = m[1]
-		}
-		return m != nil
-	})
+	port := f.runInProcess(t)
 
 	db := f.sqlite(t)
 	exec1(t, db, `INSERT INTO symbol_settings (symbol) VALUES ('BTCUSDT'), ('ethusdt'), (' 币安人生usdt '), ('BTCUSDT_261225'),
 		('X"; DROP TABLE symbol_settings;--'), ('NOTLISTED')`)
 	for _, s := range syms {
-		waitFor(t, s+" subscribed", func() bool { return f.x.Subscribers(s) == 1 })
+		testutil.WaitFor(t, s+" subscribed", func() bool { return f.x.Subscribers(s) == 1 })
 	}
 	for _, s := range syms {
 		f.x.Publish(s, 50)
 	}
 	for _, s := range syms {
-		waitFor(t, s+" stored", func() bool { return len(stored(t, db, s)) == 50 })
+		testutil.WaitFor(t, s+" stored", func() bool { return len(stored(t, db, s)) == 50 })
 		if err := sameTrades(stored(t, db, s), f.x.Trades(s)); err != nil {
 			t.Errorf("%s: %v", s, err)
 		}
@@ -219,7 +196,7 @@ func TestEndToEnd(t *testing.T) {
 	// Disable, delete: the stream stops within a poll.
 	exec1(t, db, `UPDATE symbol_settings SET enabled = 0 WHERE symbol = 'ethusdt'`)
 	exec1(t, db, `DELETE FROM symbol_settings WHERE symbol = 'BTCUSDT_261225'`)
-	waitFor(t, "disabled and deleted streams to stop", func() bool {
+	testutil.WaitFor(t, "disabled and deleted streams to stop", func() bool {
 		return f.x.Subscribers("ETHUSDT") == 0 && f.x.Subscribers("BTCUSDT_261225") == 0
 	})
 	if page := getStatus(t, port); !regexp.MustCompile(`\nETHUSDT +off +20`).MatchString(page) {
@@ -228,9 +205,9 @@ func TestEndToEnd(t *testing.T) {
 
 	// A drop without a close frame is redialled and storage continues.
 	f.x.Drop("BTCUSDT")
-	waitFor(t, "BTCUSDT to reconnect", func() bool { return f.x.Subscribers("BTCUSDT") == 1 })
+	testutil.WaitFor(t, "BTCUSDT to reconnect", func() bool { return f.x.Subscribers("BTCUSDT") == 1 })
 	f.x.Publish("BTCUSDT", 10)
-	waitFor(t, "BTCUSDT trades after the reconnect", func() bool { return len(stored(t, db, "BTCUSDT")) == 60 })
+	testutil.WaitFor(t, "BTCUSDT trades after the reconnect", func() bool { return len(stored(t, db, "BTCUSDT")) == 60 })
 	if err := sameTrades(stored(t, db, "BTCUSDT"), f.x.Trades("BTCUSDT")); err != nil {
 		t.Error(err)
 	}
@@ -280,16 +257,16 @@ func TestBinary(t *testing.T) {
 
 	db := f.sqlite(t)
 	cmd := f.command(bin)
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	waitFor(t, "start-up", func() bool { return strings.Contains(logs.String(), `msg="tick store started"`) })
+	testutil.WaitFor(t, "start-up", func() bool { return strings.Contains(logs.String(), `msg="tick store started"`) })
 	exec1(t, db, `INSERT INTO symbol_settings (symbol) VALUES ('BTCUSDT')`)
-	waitFor(t, "subscribed", func() bool { return f.x.Subscribers("BTCUSDT") == 1 })
+	testutil.WaitFor(t, "subscribed", func() bool { return f.x.Subscribers("BTCUSDT") == 1 })
 	stop := make(chan struct{})
 	go func() { // trades keep flowing while the store stops
 		for {
@@ -301,7 +278,7 @@ func TestBinary(t *testing.T) {
 			}
 		}
 	}()
-	waitFor(t, "ticks stored", func() bool { return len(stored(t, db, "BTCUSDT")) > 100 })
+	testutil.WaitFor(t, "ticks stored", func() bool { return len(stored(t, db, "BTCUSDT")) > 100 })
 	db.Close() // a reader left open would keep the WAL file alive
 
 	start := time.Now()

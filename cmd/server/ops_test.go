@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"database/sql"
 	"encoding/csv"
 	"os"
@@ -12,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"binance-symbol-tick-store/internal/testutil"
 )
 
 // makeOps runs a Makefile target of the operator's toolbox against the
@@ -36,24 +37,7 @@ func TestOperatorTargets(t *testing.T) {
 		}
 	}
 	f := newFixture(t, "BTCUSDT", "ETHUSDT")
-	ctx, cancel := context.WithCancel(context.Background())
-	var logs syncBuffer
-	errc := make(chan error, 1)
-	go func() { errc <- run(ctx, func(k string) string { return f.env[k] }, &logs) }()
-	defer func() {
-		cancel()
-		if err := <-errc; err != nil {
-			t.Errorf("run returned %v", err)
-		}
-	}()
-	var port string
-	waitFor(t, "the store to listen", func() bool {
-		m := addrRE.FindStringSubmatch(logs.String())
-		if m != nil {
-			port = m[1]
-		}
-		return m != nil
-	})
+	port := f.runInProcess(t)
 	statusLine := func(sym string) string {
 		return regexp.MustCompile(`(?m)^` + sym + ` +(on|off) +.*$`).FindString(getStatus(t, port))
 	}
@@ -64,21 +48,21 @@ func TestOperatorTargets(t *testing.T) {
 	if got, want := f.makeOps(t, "symbols"), "BTCUSDT  enabled\nETHUSDT  enabled\n"; got != want {
 		t.Errorf("make symbols = %q, want %q", got, want)
 	}
-	waitFor(t, "both streams", func() bool { return f.x.Subscribers("BTCUSDT") == 1 && f.x.Subscribers("ETHUSDT") == 1 })
-	waitFor(t, "status on", func() bool { return strings.Contains(statusLine("ETHUSDT"), " on ") })
+	testutil.WaitFor(t, "both streams", func() bool { return f.x.Subscribers("BTCUSDT") == 1 && f.x.Subscribers("ETHUSDT") == 1 })
+	testutil.WaitFor(t, "status on", func() bool { return strings.Contains(statusLine("ETHUSDT"), " on ") })
 
 	f.makeOps(t, "symbol-disable", "SYMBOL=ethusdt")
-	waitFor(t, "ETHUSDT to stop", func() bool { return f.x.Subscribers("ETHUSDT") == 0 })
-	waitFor(t, "status off", func() bool { return strings.Contains(statusLine("ETHUSDT"), " off ") })
+	testutil.WaitFor(t, "ETHUSDT to stop", func() bool { return f.x.Subscribers("ETHUSDT") == 0 })
+	testutil.WaitFor(t, "status off", func() bool { return strings.Contains(statusLine("ETHUSDT"), " off ") })
 	f.makeOps(t, "symbol-enable", "SYMBOL=ETHUSDT")
-	waitFor(t, "ETHUSDT to resume", func() bool { return f.x.Subscribers("ETHUSDT") == 1 })
+	testutil.WaitFor(t, "ETHUSDT to resume", func() bool { return f.x.Subscribers("ETHUSDT") == 1 })
 	f.makeOps(t, "symbol-remove", "SYMBOL=ETHUSDT")
-	waitFor(t, "ETHUSDT to stop again", func() bool { return f.x.Subscribers("ETHUSDT") == 0 })
+	testutil.WaitFor(t, "ETHUSDT to stop again", func() bool { return f.x.Subscribers("ETHUSDT") == 0 })
 
 	// Trades over two UTC days, then a backup and an export of one day.
 	f.x.Publish("BTCUSDT", 300)
 	db := f.sqlite(t)
-	waitFor(t, "ticks stored", func() bool { return len(stored(t, db, "BTCUSDT")) == 300 })
+	testutil.WaitFor(t, "ticks stored", func() bool { return len(stored(t, db, "BTCUSDT")) == 300 })
 	backup := filepath.Join(t.TempDir(), "backup.db")
 	f.makeOps(t, "backup", "OUT="+backup)
 	copyDB, err := sql.Open("sqlite", backup+"?mode=ro")

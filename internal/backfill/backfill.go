@@ -65,12 +65,9 @@ type Filler struct {
 	lastUnlisted                          time.Time // Run's goroutine only
 }
 
-// New returns a filler for sym. sleep is the clock for retry delays (nil: a
-// real timer).
+// New returns a filler for sym. sleep waits between retries; it returns early
+// with an error when its context ends.
 func New(sym string, fetch Fetcher, store Store, logger *slog.Logger, sleep func(context.Context, time.Duration) error) *Filler {
-	if sleep == nil {
-		sleep = sleepCtx
-	}
 	return &Filler{sym: sym, fetch: fetch, store: store, log: logger.With("symbol", sym), sleep: sleep,
 		notify: make(chan struct{}, 1)}
 }
@@ -297,15 +294,4 @@ func (f *Filler) unfillable(g Gap, from, to int64) {
 		attrs = append(attrs, "before", time.UnixMilli(g.Before).UTC().Format(time.DateTime+".000"))
 	}
 	f.log.Error("unfillable gap: binance no longer serves these trades", attrs...)
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

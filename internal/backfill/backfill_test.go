@@ -199,7 +199,8 @@ func (o *tooOld) AggTrades(ctx context.Context, sym string, from int64, limit in
 func TestFillBisectsTheRESTWindow(t *testing.T) {
 	o := &tooOld{script: script{trades: ticks(1, 1_000_000)}, served: 654_321}
 	m := &memStore{rows: map[int64]database.Tick{}}
-	f := New("BTCUSDT", o, m, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	f, _ := newFiller(&o.script, m)
+	f.fetch = o
 	f.Add(Gap{From: 600_000, To: 660_000})
 	run(t, f, func() bool { return f.Pending() == 0 })
 	ids := m.ids()

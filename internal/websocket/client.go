@@ -120,7 +120,7 @@ func New(cfg Config) *Client {
 		cfg:        cfg,
 		url:        cfg.BaseURL + "/" + symbol.Stream(cfg.Symbol),
 		log:        cfg.Logger.With("symbol", cfg.Symbol),
-		filler:     backfill.New(cfg.Symbol, cfg.REST, cfg.Store, cfg.Logger, nil),
+		filler:     backfill.New(cfg.Symbol, cfg.REST, cfg.Store, cfg.Logger, sleep),
 		checks:     make(chan silenceResult, 1),
 		badFrames:  throttle{every: logEvery},
 		failWrites: throttle{every: logEvery},

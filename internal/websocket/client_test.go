@@ -20,6 +20,7 @@ import (
 	"binance-symbol-tick-store/internal/database"
 	"binance-symbol-tick-store/internal/fakebinance"
 	"binance-symbol-tick-store/internal/rest"
+	"binance-symbol-tick-store/internal/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -140,21 +141,9 @@ func (h *harness) start(sym string, o options) {
 
 func (h *harness) stop() { h.stopFn() }
 
-// waitFor polls cond until it holds or 10 s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond) // polling interval, not synchronisation
-	}
-}
-
 func (h *harness) waitSubscribed(sym string) {
 	h.t.Helper()
-	waitFor(h.t, sym+" subscribed", func() bool { return h.x.Subscribers(sym) == 1 && h.client.Connected() })
+	testutil.WaitFor(h.t, sym+" subscribed", func() bool { return h.x.Subscribers(sym) == 1 && h.client.Connected() })
 }
 
 // waitStored waits until every trade the exchange generated is in the table
@@ -162,7 +151,7 @@ func (h *harness) waitSubscribed(sym string) {
 func (h *harness) waitStored(sym string) {
 	h.t.Helper()
 	want := h.x.Trades(sym)
-	waitFor(h.t, "all trades stored", func() bool {
+	testutil.WaitFor(h.t, "all trades stored", func() bool {
 		rows, _ := h.db.Ticks(context.Background(), sym, 0)
 		return len(rows) >= len(want)
 	})
@@ -193,7 +182,7 @@ func TestClientAnswersPings(t *testing.T) {
 	h.waitSubscribed("BTCUSDT")
 	h.x.PingNow("BTCUSDT")
 	h.x.PingNow("BTCUSDT")
-	waitFor(t, "two pongs", func() bool { return h.x.Pongs("BTCUSDT") == 2 })
+	testutil.WaitFor(t, "two pongs", func() bool { return h.x.Pongs("BTCUSDT") == 2 })
 }
 
 func TestClientSkipsBadFramesAndKeepsTheConnection(t *testing.T) {
@@ -229,9 +218,9 @@ func TestClientReconnects(t *testing.T) {
 			h.x.Publish("BTCUSDT", 10)
 			h.waitStored("BTCUSDT")
 			tt.fault(h.x)
-			waitFor(t, "a second connection", func() bool { return len(h.x.Attempts()) == 2 && h.x.Subscribers("BTCUSDT") == 1 })
+			testutil.WaitFor(t, "a second connection", func() bool { return len(h.x.Attempts()) == 2 && h.x.Subscribers("BTCUSDT") == 1 })
 			h.x.Publish("BTCUSDT", 10)
-			waitFor(t, "trades after the reconnect", func() bool {
+			testutil.WaitFor(t, "trades after the reconnect", func() bool {
 				id, _ := h.db.MaxID(context.Background(), "BTCUSDT")
 				return id == h.x.Trades("BTCUSDT")[19].ID
 			})
@@ -246,7 +235,7 @@ func TestClientReconnects(t *testing.T) {
 func TestClientBacksOff(t *testing.T) {
 	h := startClient(t, "BTCUSDT", options{})
 	h.x.RefuseHandshakes(8)
-	waitFor(t, "ninth attempt", func() bool { return h.x.Subscribers("BTCUSDT") == 1 })
+	testutil.WaitFor(t, "ninth attempt", func() bool { return h.x.Subscribers("BTCUSDT") == 1 })
 	s := time.Second
 	want := []time.Duration{s, 2 * s, 4 * s, 8 * s, 16 * s, 30 * s, 30 * s, 30 * s}
 	if got := h.sleeps.get(); !equalDurations(got, want) {
@@ -254,7 +243,7 @@ func TestClientBacksOff(t *testing.T) {
 	}
 	// A connection that closes before delivering anything keeps backing off...
 	h.x.Drop("BTCUSDT")
-	waitFor(t, "tenth attempt", func() bool { return len(h.x.Attempts()) == 10 && h.x.Subscribers("BTCUSDT") == 1 })
+	testutil.WaitFor(t, "tenth attempt", func() bool { return len(h.x.Attempts()) == 10 && h.x.Subscribers("BTCUSDT") == 1 })
 	if got := h.sleeps.get(); got[len(got)-1] != 30*s {
 		t.Errorf("delay after an empty connection = %v, want 30s", got[len(got)-1])
 	}
@@ -263,7 +252,7 @@ func TestClientBacksOff(t *testing.T) {
 	h.waitStored("BTCUSDT")
 	h.x.RefuseHandshakes(2)
 	h.x.Drop("BTCUSDT")
-	waitFor(t, "reconnect after the refusals", func() bool { return len(h.x.Attempts()) == 13 && h.x.Subscribers("BTCUSDT") == 1 })
+	testutil.WaitFor(t, "reconnect after the refusals", func() bool { return len(h.x.Attempts()) == 13 && h.x.Subscribers("BTCUSDT") == 1 })
 	got := h.sleeps.get()[len(want)+1:]
 	if want := []time.Duration{0, s, 2 * s}; !equalDurations(got, want) {
 		t.Errorf("delays after data flowed = %v, want %v", got, want)
@@ -327,7 +316,7 @@ func TestClientSendsCloseFrameOnStop(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); c.Run(ctx) }()
-	waitFor(t, "connected", c.Connected)
+	testutil.WaitFor(t, "connected", c.Connected)
 	cancel()
 	<-done
 	if code := <-codes; code != gorillaws.CloseNormalClosure {

@@ -1,7 +1,6 @@
 package websocket
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"strings"
@@ -12,6 +11,7 @@ import (
 
 	"binance-symbol-tick-store/internal/database"
 	"binance-symbol-tick-store/internal/fakebinance"
+	"binance-symbol-tick-store/internal/testutil"
 )
 
 // The tests in this file each cause trades to be missed and check that the
@@ -25,7 +25,7 @@ func TestRepairsTradesMissedWhileDisconnected(t *testing.T) {
 	h.x.Stall("BTCUSDT") // half-open: these never arrive
 	h.x.Publish("BTCUSDT", 2500)
 	h.x.Drop("BTCUSDT")
-	waitFor(t, "the reconnect", func() bool { return h.x.Subscribers("BTCUSDT") == 1 })
+	testutil.WaitFor(t, "the reconnect", func() bool { return h.x.Subscribers("BTCUSDT") == 1 })
 	h.x.Publish("BTCUSDT", 5)
 	h.waitStored("BTCUSDT")
 	if s := h.client.Stats(); s.GapsFound != 1 || s.TicksBackfilled != 2500 {
@@ -69,9 +69,9 @@ func TestSilenceCheckFindsRestartGapOnQuietMarket(t *testing.T) {
 // The old root route accepts the connection and sends nothing. The silence
 // check sees Binance trading, reconnects, and the trades are repaired.
 func TestSilenceCheckDetectsDeadRoute(t *testing.T) {
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	h := startClient(t, "BTCUSDT", options{route: "/ws", silence: 300 * time.Millisecond, logs: &logs})
-	waitFor(t, "a silent connection", h.client.Connected)
+	testutil.WaitFor(t, "a silent connection", h.client.Connected)
 	// Seed the table as if the symbol had been recorded before.
 	h.x.Publish("BTCUSDT", 1)
 	h.db.Insert(context.Background(), "BTCUSDT", toTick(h.x.Trades("BTCUSDT")[0]))
@@ -79,9 +79,9 @@ func TestSilenceCheckDetectsDeadRoute(t *testing.T) {
 	o := h.opts
 	o.dbPath = h.db.Path()
 	h.start("BTCUSDT", o)
-	waitFor(t, "a silent connection", h.client.Connected)
+	testutil.WaitFor(t, "a silent connection", h.client.Connected)
 	h.x.Publish("BTCUSDT", 20)
-	waitFor(t, "a reconnect", func() bool { return len(h.x.Attempts()) >= 3 })
+	testutil.WaitFor(t, "a reconnect", func() bool { return len(h.x.Attempts()) >= 3 })
 	h.waitStored("BTCUSDT")
 	if !strings.Contains(logs.String(), "websocket delivers nothing while binance trades") {
 		t.Errorf("no log line about the dead stream:\n%s", logs.String())
@@ -89,14 +89,14 @@ func TestSilenceCheckDetectsDeadRoute(t *testing.T) {
 }
 
 func TestSilenceCheckReportsUnlistedSymbolOnce(t *testing.T) {
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	h := startClient(t, "BTCUSDT", options{silence: 100 * time.Millisecond, logs: &logs})
 	h.stop()
 	o := h.opts
 	o.dbPath = ""
 	// NOTLISTED: Binance accepts the stream and sends nothing; REST says -1121.
 	h.start("NOTLISTED", o)
-	waitFor(t, "two silence checks", func() bool { return countCalls(h.x, "symbol=NOTLISTED") >= 2 })
+	testutil.WaitFor(t, "two silence checks", func() bool { return countCalls(h.x, "symbol=NOTLISTED") >= 2 })
 	if n := strings.Count(logs.String(), "binance does not list this symbol"); n != 1 {
 		t.Errorf("%d log lines about the unlisted symbol, want 1 per hour:\n%s", n, logs.String())
 	}
@@ -140,7 +140,7 @@ func TestRepairsFailedWrites(t *testing.T) {
 	h.waitStored("BTCUSDT")
 	fs.fail.Store(true)
 	h.x.Publish("BTCUSDT", 300) // the last of these fails too: no later frame reveals it
-	waitFor(t, "the failed writes to be queued", func() bool { return h.client.filler.Pending() == 300 })
+	testutil.WaitFor(t, "the failed writes to be queued", func() bool { return h.client.filler.Pending() == 300 })
 	fs.fail.Store(false)
 	h.waitStored("BTCUSDT")
 }
@@ -162,7 +162,7 @@ func TestRotationLeavesNoGap(t *testing.T) {
 			}
 		}
 	})
-	waitFor(t, "three rotations", func() bool { return len(h.x.Attempts()) >= 4 })
+	testutil.WaitFor(t, "three rotations", func() bool { return len(h.x.Attempts()) >= 4 })
 	close(stop)
 	wg.Wait()
 	h.waitStored("BTCUSDT")
@@ -181,7 +181,7 @@ func TestUnfillableGap(t *testing.T) {
 	now := time.Now().Add(-72 * time.Hour)
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	h := startClient(t, "BTCUSDT", options{fake: fakebinance.Options{Now: clock}, logs: &logs})
 	h.waitSubscribed("BTCUSDT")
 	h.x.Publish("BTCUSDT", 5)
@@ -198,7 +198,7 @@ func TestUnfillableGap(t *testing.T) {
 
 	all := h.x.Trades("BTCUSDT")
 	want := append(append([]fakebinance.Trade(nil), all[:5]...), all[2005:]...)
-	waitFor(t, "the servable part of the gap", func() bool {
+	testutil.WaitFor(t, "the servable part of the gap", func() bool {
 		rows, _ := h.db.Ticks(context.Background(), "BTCUSDT", 0)
 		return len(rows) == len(want)
 	})
@@ -214,24 +214,6 @@ func TestUnfillableGap(t *testing.T) {
 
 func toTick(tr fakebinance.Trade) database.Tick {
 	return database.Tick{ID: tr.ID, Timestamp: tr.Time, Price: mustFloat(tr.Price)}
-}
-
-// syncBuffer collects log output written from many goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestServerCutsFirst: when Binance's 24 h cut comes before our rotation,
@@ -251,7 +233,7 @@ func TestServerCutsFirst(t *testing.T) {
 			}
 		}
 	})
-	waitFor(t, "three cuts", func() bool { return len(h.x.Attempts()) >= 4 })
+	testutil.WaitFor(t, "three cuts", func() bool { return len(h.x.Attempts()) >= 4 })
 	close(p)
 	wg.Wait()
 	h.x.Publish("BTCUSDT", 1)
