@@ -415,6 +415,9 @@ func (c *Client) handle(ctx context.Context, cn *conn, frame []byte) {
 		c.filler.Add(gap)
 	}
 
+	if ctx.Err() != nil {
+		return // stopping: the next start repairs this id rather than delay the exit
+	}
 	start := time.Now()
 	err = c.cfg.Store.Insert(ctx, c.cfg.Symbol, tick)
 	if c.cfg.WriteLatency != nil {
