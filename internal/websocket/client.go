@@ -100,6 +100,7 @@ type Client struct {
 	lastFrame  time.Time  // when the last trade arrived
 	lastCheck  time.Time  // when REST was last asked about silence
 	checking   bool
+	checkNow   bool      // a silence check is due at the next chance (set at start)
 	unlisted   time.Time // when "not listed" was last logged
 	badFrames  throttle
 	failWrites throttle
@@ -174,6 +175,9 @@ func (c *Client) Run(ctx context.Context) {
 	}
 	c.mu.Lock()
 	c.last = last
+	// After a restart, ask REST at once for the trades made while the store
+	// was down: on a quiet market no frame may come soon to reveal them.
+	c.checkNow = last > 0
 	c.mu.Unlock()
 
 	var wg sync.WaitGroup
@@ -326,6 +330,7 @@ func (c *Client) serve(ctx context.Context, cn *conn, wg *sync.WaitGroup) (healt
 	defer rotate.Stop()
 	silence := time.NewTicker(min(c.cfg.SilenceTimeout/4, time.Minute))
 	defer silence.Stop()
+	c.maybeCheckSilence(ctx, cn, wg) // due now only after a restart
 	for {
 		var nextDelivered, nextEnded <-chan struct{}
 		if next != nil {
@@ -391,7 +396,9 @@ func (c *Client) handle(ctx context.Context, cn *conn, frame []byte) {
 		}
 		return
 	}
-	c.log.Debug("trade", "id", tick.ID, "time", tick.Timestamp, "price", tick.Price)
+	if c.log.Enabled(ctx, slog.LevelDebug) { // the arguments would escape on every frame
+		c.log.Debug("trade", "id", tick.ID, "time", tick.Timestamp, "price", tick.Price)
+	}
 	first := cn.trades.Add(1) == 1
 	if first {
 		close(cn.delivered)
@@ -471,9 +478,10 @@ func (c *Client) maybeCheckSilence(ctx context.Context, cn *conn, wg *sync.WaitG
 	if quietSince.Before(cn.opened) {
 		quietSince = cn.opened
 	}
-	due := !c.checking && now.Sub(quietSince) >= c.cfg.SilenceTimeout && now.Sub(c.lastCheck) >= c.cfg.SilenceTimeout
+	due := !c.checking && (c.checkNow ||
+		now.Sub(quietSince) >= c.cfg.SilenceTimeout && now.Sub(c.lastCheck) >= c.cfg.SilenceTimeout)
 	if due {
-		c.checking, c.lastCheck = true, now
+		c.checking, c.checkNow, c.lastCheck = true, false, now
 	}
 	c.mu.Unlock()
 	if !due {
