@@ -166,18 +166,67 @@ func (f *Filler) first() (Gap, bool) {
 	return f.queue[0], true
 }
 
-// done removes [g.From, to] from the head of the queue: filled, or given up.
-func (f *Filler) done(g Gap, to int64) {
+// settle removes the ids from..to from the queue, stored or given up, and
+// returns how many queued gaps that closed entirely.
+func (f *Filler) settle(from, to int64) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if len(f.queue) == 0 || f.queue[0].From != g.From {
-		return
+	var closed int
+	f.queue, closed = remove(f.queue, from, to)
+	return closed
+}
+
+// remove cuts a..b out of the sorted, disjoint queue q.
+func remove(q []Gap, a, b int64) (out []Gap, closed int) {
+	out = q[:0:0]
+	for _, g := range q {
+		switch {
+		case g.To < a || g.From > b:
+			out = append(out, g)
+		case g.From >= a && g.To <= b:
+			closed++
+		default:
+			if g.From < a {
+				left := g
+				left.To = a - 1
+				out = append(out, left)
+			}
+			if g.To > b {
+				right := g
+				right.From = b + 1
+				out = append(out, right)
+			}
+		}
 	}
-	if to >= f.queue[0].To {
-		f.queue = f.queue[1:]
-	} else {
-		f.queue[0].From = to + 1
+	return out, closed
+}
+
+// wanted keeps the fetched ticks that are missing: up to the gap's end, and
+// beyond it those in later queued gaps, so that one page can close several
+// small gaps.
+func (f *Filler) wanted(ticks []database.Tick, to int64) []database.Tick {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []database.Tick
+	for _, t := range ticks {
+		if t.ID <= to || queued(f.queue, t.ID) {
+			out = append(out, t)
+		}
 	}
+	return out
+}
+
+func queued(q []Gap, id int64) bool {
+	_, found := slices.BinarySearchFunc(q, id, func(g Gap, id int64) int {
+		switch {
+		case g.To < id:
+			return -1
+		case g.From > id:
+			return 1
+		}
+		return 0
+	})
+	return found
 }
 
 // fill repairs g page by page; it returns false if ctx ended first.
@@ -200,7 +249,7 @@ func (f *Filler) fill(ctx context.Context, g Gap) bool {
 				return false
 			}
 			f.unfillable(g, from, next-1)
-			f.done(Gap{From: from}, next-1)
+			f.settle(from, next-1)
 			from, g.From = next, next
 			continue
 		case errors.Is(err, rest.ErrUnknownSymbol):
@@ -224,7 +273,7 @@ func (f *Filler) fill(ctx context.Context, g Gap) bool {
 			if empty++; empty >= maxEmpty {
 				f.log.Warn("gap repair: binance returned no trades for known ids, giving up", "from_id", from, "to_id", g.To)
 				f.unfillable(g, from, g.To)
-				f.done(Gap{From: from}, g.To)
+				f.settle(from, g.To)
 				return true
 			}
 			if !wait() {
@@ -232,10 +281,7 @@ func (f *Filler) fill(ctx context.Context, g Gap) bool {
 			}
 			continue
 		}
-		in := ticks
-		if k := slices.IndexFunc(ticks, func(t database.Tick) bool { return t.ID > g.To }); k >= 0 {
-			in = ticks[:k]
-		}
+		in := f.wanted(ticks, g.To)
 		if len(in) > 0 {
 			n, err := f.store.InsertBatch(ctx, f.sym, in)
 			if err != nil {
@@ -250,10 +296,9 @@ func (f *Filler) fill(ctx context.Context, g Gap) bool {
 		}
 		retry, empty = 0, 0
 		next := ticks[len(ticks)-1].ID + 1
-		f.done(Gap{From: from}, min(next-1, g.To))
+		f.gapsFilled.Add(int64(f.settle(from, next-1)))
 		from, g.From = next, next
 	}
-	f.gapsFilled.Add(1)
 	f.log.Info("gap filled", "added", added, "took", time.Since(start).Round(time.Millisecond))
 	return true
 }

@@ -214,3 +214,49 @@ func TestFillBisectsTheRESTWindow(t *testing.T) {
 		t.Errorf("%d calls answered -4166, want a bisection (about 16)", o.calls)
 	}
 }
+
+func TestRemove(t *testing.T) {
+	g := func(from, to int64) Gap { return Gap{From: from, To: to} }
+	q := []Gap{g(1, 2), g(5, 9), g(12, 12), g(20, 30)}
+	tests := []struct {
+		a, b   int64
+		want   []Gap
+		closed int
+	}{
+		{3, 4, q, 0},
+		{1, 2, []Gap{g(5, 9), g(12, 12), g(20, 30)}, 1},
+		{6, 7, []Gap{g(1, 2), g(5, 5), g(8, 9), g(12, 12), g(20, 30)}, 0},
+		{5, 25, []Gap{g(1, 2), g(26, 30)}, 2},
+		{0, 100, nil, 4},
+	}
+	for _, tt := range tests {
+		got, closed := remove(slices.Clone(q), tt.a, tt.b)
+		if !slices.Equal(got, tt.want) || closed != tt.closed {
+			t.Errorf("remove(%v, %d, %d) = %v, %d; want %v, %d", q, tt.a, tt.b, got, closed, tt.want, tt.closed)
+		}
+	}
+}
+
+// TestOnePageClosesSeveralGaps: small gaps close together (a burst of
+// failed writes, holes found by the audit) share REST calls.
+func TestOnePageClosesSeveralGaps(t *testing.T) {
+	s := &script{trades: ticks(1, 5000)}
+	m := &memStore{rows: map[int64]database.Tick{}}
+	f, _ := newFiller(s, m)
+	for _, gap := range []Gap{{From: 10, To: 12}, {From: 15, To: 15}, {From: 300, To: 420}, {From: 990, To: 1200}} {
+		f.AddQuiet(gap)
+	}
+	run(t, f, func() bool { return f.Pending() == 0 })
+	var want []int64
+	for id := int64(1); id <= 5000; id++ {
+		if id >= 10 && id <= 12 || id == 15 || id >= 300 && id <= 420 || id >= 990 && id <= 1200 {
+			want = append(want, id)
+		}
+	}
+	if got := m.ids(); !slices.Equal(got, want) {
+		t.Errorf("stored %d ids, want %d", len(got), len(want))
+	}
+	if s.calls != 2 || f.Stats().GapsFilled != 4 {
+		t.Errorf("%d REST calls and %d gaps filled; want 2 pages (10..1009, 1010..) closing all 4", s.calls, f.Stats().GapsFilled)
+	}
+}
