@@ -16,8 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/net/netutil"
-
 	"binance-symbol-tick-store/internal/config"
 	"binance-symbol-tick-store/internal/database"
 	tickhttp "binance-symbol-tick-store/internal/http"
@@ -31,9 +29,6 @@ import (
 // shutdownTimeout bounds the HTTP server's graceful stop; streams and the
 // database close after it, well inside Docker's 10 s stop grace period.
 const shutdownTimeout = 3 * time.Second
-
-// maxHTTPConns bounds the HTTP connections served at once.
-const maxHTTPConns = 64
 
 func main() {
 	if err := run(context.Background(), os.Getenv, os.Stdout); err != nil {
@@ -65,9 +60,6 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		db.Close()
 		return fmt.Errorf("HTTP_PORT=%d: %w", cfg.HTTPPort, err)
 	}
-	// A burst of clients waits in the accept queue instead of costing memory
-	// (each open connection holds buffers and a goroutine).
-	ln = netutil.LimitListener(ln, maxHTTPConns)
 
 	// Process-wide limits, shared by every symbol. Binance counts connection
 	// attempts per IP (300 per 5 minutes) and REST weight per IP and UTC

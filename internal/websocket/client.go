@@ -36,6 +36,7 @@ const (
 	rotateRetry      = time.Minute      // a failed rotation dial is retried after this
 	unlistedEvery    = time.Hour        // "not listed" is logged at most this often
 	deliveryGrace    = 3 * time.Second  // how late a streamed trade may be before it counts as missed
+	startCheckAfter  = 15 * time.Second // after a restart, silence this long is worth a REST call
 )
 
 // Store is where trades go (a *database.DB).
@@ -100,7 +101,7 @@ type Client struct {
 	lastFrame  time.Time  // when the last trade arrived
 	lastCheck  time.Time  // when REST was last asked about silence
 	checking   bool
-	checkNow   bool      // a silence check is due at the next chance (set at start)
+	checkSoon  bool      // restarted, no frame yet: check after startCheckAfter, not SilenceTimeout
 	unlisted   time.Time // when "not listed" was last logged
 	badFrames  throttle
 	failWrites throttle
@@ -175,9 +176,10 @@ func (c *Client) Run(ctx context.Context) {
 	}
 	c.mu.Lock()
 	c.last = last
-	// After a restart, ask REST at once for the trades made while the store
-	// was down: on a quiet market no frame may come soon to reveal them.
-	c.checkNow = last > 0
+	// After a restart, the first frame reveals the trades made while the
+	// store was down. On a quiet market it may not come for long: then ask
+	// REST soon instead of after the full silence timeout.
+	c.checkSoon = last > 0
 	c.mu.Unlock()
 
 	var wg sync.WaitGroup
@@ -328,9 +330,8 @@ func (c *Client) serve(ctx context.Context, cn *conn, wg *sync.WaitGroup) (healt
 	}()
 	rotate := time.NewTimer(c.cfg.MaxAge)
 	defer rotate.Stop()
-	silence := time.NewTicker(min(c.cfg.SilenceTimeout/4, time.Minute))
+	silence := time.NewTicker(min(c.cfg.SilenceTimeout/4, startCheckAfter))
 	defer silence.Stop()
-	c.maybeCheckSilence(ctx, cn, wg) // due now only after a restart
 	for {
 		var nextDelivered, nextEnded <-chan struct{}
 		if next != nil {
@@ -417,6 +418,7 @@ func (c *Client) handle(ctx context.Context, cn *conn, frame []byte) {
 	}
 	c.streamed = max(c.streamed, tick.ID)
 	c.lastFrame = now
+	c.checkSoon = false // this frame revealed the restart gap, if any
 	c.mu.Unlock()
 	if gap.From > 0 {
 		c.filler.Add(gap)
@@ -478,10 +480,13 @@ func (c *Client) maybeCheckSilence(ctx context.Context, cn *conn, wg *sync.WaitG
 	if quietSince.Before(cn.opened) {
 		quietSince = cn.opened
 	}
-	due := !c.checking && (c.checkNow ||
-		now.Sub(quietSince) >= c.cfg.SilenceTimeout && now.Sub(c.lastCheck) >= c.cfg.SilenceTimeout)
+	wait := c.cfg.SilenceTimeout
+	if c.checkSoon {
+		wait = min(wait, startCheckAfter)
+	}
+	due := !c.checking && now.Sub(quietSince) >= wait && now.Sub(c.lastCheck) >= wait
 	if due {
-		c.checking, c.checkNow, c.lastCheck = true, false, now
+		c.checking, c.checkSoon, c.lastCheck = true, false, now
 	}
 	c.mu.Unlock()
 	if !due {
