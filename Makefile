@@ -5,7 +5,8 @@ BIN       ?= bin/server
 # Docker Compose v2 ("docker compose") if present, else the v1 binary.
 COMPOSE   ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-.PHONY: build run stop status logs test fake symbols symbol-add symbol-enable symbol-disable symbol-remove backup export
+.PHONY: build run stop status logs test fake symbols symbol-add symbol-enable symbol-disable symbol-remove backup export \
+	bench bench-idle reliability soak
 
 ## build: compile the server into bin/server (pure Go, no cgo)
 build:
@@ -65,6 +66,24 @@ backup:
 ## export SYMBOL=BTCUSDT DAY=2026-05-01 [OUT=file.csv]: one UTC day as CSV
 export:
 	@$(OPS) export "$$SYMBOL" "$$DAY" $${OUT:+"$$OUT"}
+
+## bench: hot-function benchmarks, then the end-to-end figures of docs/BENCHMARKS.md (~10 min)
+bench:
+	go test -run '^$$' -bench . -benchtime 2s -count 3 ./internal/database/ ./internal/aggtrade/
+	go run ./cmd/bench all
+
+## bench-idle: RSS with 1,000 idle symbols (~16 min: the connection-attempt limit paces it)
+bench-idle:
+	go run ./cmd/bench idle
+
+## reliability: every fault and hostile-input scenario at full length (root for the disk-full case)
+reliability:
+	RELIABILITY_FULL=1 go test -race -count=1 -v -timeout 60m ./test/reliability/
+
+SOAK ?= 30m
+## soak: $(SOAK) at 2,000 ticks/s with random faults and SIGKILL restarts (not in CI)
+soak:
+	RELIABILITY_SOAK=$(SOAK) go test -race -count=1 -v -timeout 90m -run '^TestSoak$$' ./test/reliability/
 
 ## fake: run the fake exchange on 127.0.0.1:9443, for trying the store offline
 fake:
