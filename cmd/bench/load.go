@@ -72,17 +72,11 @@ func runLoad(ctx context.Context, b *bench, args []string) error {
 	}
 	b.note("load: %d symbols, %.0f ticks/s in total, window %v, store and Python recorder side by side", *n, *rate, *dur)
 	syms := symbols(*n)
-	x := startExchange(syms)
-	defer x.close()
-	dbPath := tempPath(b, "load")
-	s, err := b.startServer(ctx, x, dbPath)
+	x, s, dbPath, stop, err := b.recordAll(ctx, "load", syms)
 	if err != nil {
 		return err
 	}
-	defer s.stop()
-	if err := enable(ctx, dbPath, syms); err != nil {
-		return err
-	}
+	defer stop()
 
 	py, pyPath, err := b.startPython(x, syms)
 	if err != nil {
@@ -238,20 +232,11 @@ func runLatency(ctx context.Context, b *bench, args []string) error {
 	}
 	b.note("latency: publish-to-visible of one probe trade every %v, %d symbols, %.0f ticks/s background", *every, *n, *rate)
 	syms := symbols(*n)
-	x := startExchange(syms)
-	defer x.close()
-	dbPath := tempPath(b, "latency")
-	s, err := b.startServer(ctx, x, dbPath)
+	x, _, dbPath, stop, err := b.recordAll(ctx, "latency", syms)
 	if err != nil {
 		return err
 	}
-	defer s.stop()
-	if err := enable(ctx, dbPath, syms); err != nil {
-		return err
-	}
-	if err := x.waitSubscribed(ctx, syms, 1, 60*time.Second); err != nil {
-		return err
-	}
+	defer stop()
 	db, err := openDB(dbPath)
 	if err != nil {
 		return err

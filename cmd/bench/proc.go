@@ -355,3 +355,24 @@ func tempPath(b *bench, name string) string {
 	}
 	return filepath.Join(dir, name+".db")
 }
+
+// recordAll starts a fake exchange listing syms and the store recording all
+// of them, and waits until every stream is subscribed. stop ends both.
+// (ingest, which stops the store midway to measure, wires it by hand.)
+func (b *bench) recordAll(ctx context.Context, name string, syms []string) (x *exchange, s *server, dbPath string, stop func(), err error) {
+	x = startExchange(syms)
+	dbPath = tempPath(b, name)
+	if s, err = b.startServer(ctx, x, dbPath); err != nil {
+		x.close()
+		return nil, nil, "", nil, err
+	}
+	stop = func() { s.stop(); x.close() }
+	if err = enable(ctx, dbPath, syms); err == nil {
+		err = x.waitSubscribed(ctx, syms, 1, 60*time.Second)
+	}
+	if err != nil {
+		stop()
+		return nil, nil, "", nil, err
+	}
+	return x, s, dbPath, stop, nil
+}
