@@ -3,6 +3,7 @@ package http
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -167,4 +168,59 @@ func TestDatabaseErrors(t *testing.T) {
 	if rec := get(t, h, "GET", "/status"); rec.Code != 500 || !strings.HasPrefix(rec.Body.String(), "Binance Tick Store\n\nStatus:     error") {
 		t.Errorf("GET /status with a broken database = %d %q", rec.Code, rec.Body)
 	}
+}
+
+// TestStatusManySymbols renders 200 symbols of mixed widths and scripts:
+// every state column starts at the same terminal column.
+func TestStatusManySymbols(t *testing.T) {
+	db := &fakeDB{ranges: map[string][2]string{}}
+	conns := connected{}
+	for i := range 200 {
+		sym := fmt.Sprintf("S%dUSDT", i)
+		switch i % 4 {
+		case 1:
+			sym = fmt.Sprintf("BTCUSDT_26%04d", i)
+		case 2:
+			sym = fmt.Sprintf("币安人生%dUSDT", i)
+		case 3:
+			sym = fmt.Sprintf("1000PEPE%dUSDT", i)
+		}
+		db.settings = append(db.settings, on(sym))
+		conns[sym] = i%3 == 0
+		if i%2 == 0 {
+			db.ranges[sym] = [2]string{"2024-01-15 08:32:01", "2024-12-21 14:23:45"}
+		}
+	}
+	page := get(t, newTestHandler(db, conns, time.Hour), "GET", "/status").Body.String()
+	lines := strings.Split(strings.TrimSuffix(page, "\n"), "\n")[5:]
+	if len(lines) != 200 {
+		t.Fatalf("%d symbol lines, want 200", len(lines))
+	}
+	col := -1
+	for _, l := range lines {
+		i := strings.Index(l, " on ")
+		if i < 0 {
+			i = strings.Index(l, " off ")
+		}
+		w := columns(l[:i+1])
+		if col == -1 {
+			col = w
+		}
+		if w != col {
+			t.Errorf("state column at %d, want %d: %q", w, col, l)
+		}
+	}
+}
+
+// columns is the test's own count of terminal columns: CJK ideographs take
+// two, everything else here one.
+func columns(s string) int {
+	n := 0
+	for _, r := range s {
+		n++
+		if r >= 0x4E00 && r <= 0x9FFF {
+			n++
+		}
+	}
+	return n
 }
