@@ -140,8 +140,15 @@ func latest(a, b time.Time) time.Time {
 	return a
 }
 
+// minuteGuard is the end of each minute in which Weight sends nothing: a call
+// counted here in one minute must not reach Binance, and be counted there, in
+// the next.
+const minuteGuard = time.Second
+
 // Weight spends a per-UTC-minute budget of REST weight, the way Binance counts it (12:03:00.000
-// to 12:03:59.999 is one minute). Safe for concurrent use; waiters are not ordered.
+// to 12:03:59.999 is one minute). No call is admitted in the last second of a minute, so that
+// network delay cannot move one into the next minute's count. Safe for concurrent use; waiters
+// are not ordered.
 type Weight struct {
 	clock   Clock
 	budget  int
@@ -176,7 +183,7 @@ func (w *Weight) Take(ctx context.Context, cost int) error {
 		switch {
 		case now.Before(w.blocked):
 			at = w.blocked
-		case w.used+cost > w.budget:
+		case w.used+cost > w.budget, now.Sub(w.minute) >= time.Minute-minuteGuard:
 			at = w.minute.Add(time.Minute)
 		default:
 			w.used += cost

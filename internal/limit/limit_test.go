@@ -479,3 +479,51 @@ func TestFakeClock(t *testing.T) {
 		t.Errorf("After(1s) sent %v, want %v", got, want)
 	}
 }
+
+// TestWeightMinuteGuard: a call in the last second of a minute could reach
+// Binance in the next one and be counted there; Take holds it until then.
+func TestWeightMinuteGuard(t *testing.T) {
+	const step = 10 * time.Millisecond
+	t0 := start() // 12:03:30 UTC
+	for _, tt := range []struct {
+		at       time.Duration // after t0
+		wantWait time.Duration
+	}{
+		{29*time.Second - step, 0},      // 12:03:58.990: not guarded
+		{29 * time.Second, time.Second}, // 12:03:59.000: the guard starts
+		{29*time.Second + 500*time.Millisecond, 500 * time.Millisecond},
+		{30 * time.Second, 0}, // a new minute
+	} {
+		clock := NewFakeClock(t0.Add(tt.at))
+		w := NewWeight(clock, 1200)
+		done := goTake(t, context.Background(), w, 20)
+		var waited time.Duration
+		for {
+			var err error
+			finished := false
+			waitFor(t, "Take to return or block", func() bool {
+				select {
+				case err = <-done:
+					finished = true
+					return true
+				default:
+					return clock.Waiters() == 1
+				}
+			})
+			if finished {
+				if err != nil {
+					t.Fatal(err)
+				}
+				break
+			}
+			if waited > 2*time.Second {
+				t.Fatalf("Take at %v after 12:03:30 still blocked after %v", tt.at, waited)
+			}
+			clock.Advance(step)
+			waited += step
+		}
+		if waited != tt.wantWait {
+			t.Errorf("Take at %v after 12:03:30 waited %v, want %v", tt.at, waited, tt.wantWait)
+		}
+	}
+}
