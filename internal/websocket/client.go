@@ -184,16 +184,15 @@ func (c *Client) Run(ctx context.Context) {
 
 	var wg sync.WaitGroup
 	wg.Go(func() { c.filler.Run(ctx) })
-	if last > 0 {
-		wg.Go(func() { c.audit(ctx, last) })
-	}
+	wg.Go(func() { c.audit(ctx, last) })
 	c.stream(ctx, &wg)
 	wg.Wait()
 }
 
 // audit queues the holes among the stored ids of the last 48 hours up to
 // maxID (what a repair cut short by a restart left behind), now and then
-// once a day.
+// once a day, up to the last id known then. A new symbol (maxID 0) has
+// nothing to audit at first.
 func (c *Client) audit(ctx context.Context, maxID int64) {
 	for {
 		since := time.Now().Add(-auditWindow).UnixMilli()
