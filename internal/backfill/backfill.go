@@ -203,17 +203,26 @@ func remove(q []Gap, a, b int64) (out []Gap, closed int) {
 
 // wanted keeps the fetched ticks that are missing: up to the gap's end, and
 // beyond it those in later queued gaps, so that one page can close several
-// small gaps.
-func (f *Filler) wanted(ticks []database.Tick, to int64) []database.Tick {
+// small gaps. covered are those later gaps as far as the page reaches, as
+// queued now: only they may be settled once the page is stored, for a gap
+// queued meanwhile (a live write failing right now) was not in this page's
+// selection.
+func (f *Filler) wanted(ticks []database.Tick, to int64) (in []database.Tick, covered []Gap) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []database.Tick
 	for _, t := range ticks {
 		if t.ID <= to || queued(f.queue, t.ID) {
-			out = append(out, t)
+			in = append(in, t)
 		}
 	}
-	return out
+	last := ticks[len(ticks)-1].ID
+	for _, g := range f.queue {
+		if g.To > to && g.From <= last {
+			g.From, g.To = max(g.From, to+1), min(g.To, last)
+			covered = append(covered, g)
+		}
+	}
+	return in, covered
 }
 
 func queued(q []Gap, id int64) bool {
@@ -281,7 +290,7 @@ func (f *Filler) fill(ctx context.Context, g Gap) bool {
 			}
 			continue
 		}
-		in := f.wanted(ticks, g.To)
+		in, covered := f.wanted(ticks, g.To)
 		if len(in) > 0 {
 			n, err := f.store.InsertBatch(ctx, f.sym, in)
 			if err != nil {
@@ -296,7 +305,11 @@ func (f *Filler) fill(ctx context.Context, g Gap) bool {
 		}
 		retry, empty = 0, 0
 		next := ticks[len(ticks)-1].ID + 1
-		f.gapsFilled.Add(int64(f.settle(from, next-1)))
+		closed := f.settle(from, min(next-1, g.To))
+		for _, c := range covered {
+			closed += f.settle(c.From, c.To)
+		}
+		f.gapsFilled.Add(int64(closed))
 		from, g.From = next, next
 	}
 	f.log.Info("gap filled", "added", added, "took", time.Since(start).Round(time.Millisecond))

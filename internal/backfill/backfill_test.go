@@ -74,12 +74,16 @@ func (s *script) AggTrades(_ context.Context, _ string, from int64, limit int) (
 }
 
 type memStore struct {
-	mu   sync.Mutex
-	rows map[int64]database.Tick
-	fail int // fail this many batches first
+	mu      sync.Mutex
+	rows    map[int64]database.Tick
+	fail    int    // fail this many batches first
+	onBatch func() // called before each batch is stored, if set
 }
 
 func (m *memStore) InsertBatch(_ context.Context, _ string, ticks []database.Tick) (int, error) {
+	if m.onBatch != nil {
+		m.onBatch()
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.fail > 0 {
@@ -258,5 +262,22 @@ func TestOnePageClosesSeveralGaps(t *testing.T) {
 	}
 	if s.calls != 2 || f.Stats().GapsFilled != 4 {
 		t.Errorf("%d REST calls and %d gaps filled; want 2 pages (10..1009, 1010..) closing all 4", s.calls, f.Stats().GapsFilled)
+	}
+}
+
+// TestGapQueuedWhilePageIsStored: a live write fails, and its id is queued,
+// while a page that reaches past it is being stored. The page was selected
+// before, without that id: settling the page must not drop it.
+func TestGapQueuedWhilePageIsStored(t *testing.T) {
+	s := &script{trades: ticks(1, 5000)}
+	m := &memStore{rows: map[int64]database.Tick{}}
+	f, _ := newFiller(s, m)
+	var once sync.Once
+	m.onBatch = func() { once.Do(func() { f.AddQuiet(Gap{From: 500, To: 500}) }) }
+	f.AddQuiet(Gap{From: 10, To: 20})
+	f.AddQuiet(Gap{From: 300, To: 310})
+	run(t, f, func() bool { return f.Pending() == 0 && len(m.ids()) == 11+11+1 })
+	if _, ok := m.rows[500]; !ok {
+		t.Error("id 500, queued while a page was stored, was dropped")
 	}
 }
