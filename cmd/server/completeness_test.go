@@ -1,6 +1,7 @@
 package main
 
 import (
+	"database/sql"
 	"fmt"
 	"os/exec"
 	"strings"
@@ -99,6 +100,19 @@ func (f *fixture) waitComplete(t *testing.T, sym string) {
 	}
 }
 
+// recordOne builds the binary, starts it against a fake exchange listing
+// sym, enables sym by SQL and waits until its stream is subscribed.
+func recordOne(t *testing.T, sym string) (f *fixture, bin string, s *server, db *sql.DB) {
+	t.Helper()
+	bin = buildServer(t)
+	f = newFixture(t, sym)
+	s = f.startServer(t, bin)
+	db = f.sqlite(t)
+	exec1(t, db, `INSERT INTO symbol_settings (symbol) VALUES (?)`, sym)
+	testutil.WaitFor(t, "subscription", func() bool { return f.x.Subscribers(sym) == 1 })
+	return f, bin, s, db
+}
+
 // TestKilledAndRestarted kills the store with SIGKILL while trades flow,
 // keeps trading while it is down, restarts it, and expects every trade.
 func TestKilledAndRestarted(t *testing.T) {
@@ -144,12 +158,7 @@ func TestWritesBlockedByAnotherProgram(t *testing.T) {
 	if testing.Short() {
 		t.Skip("holds a lock past the 5 s busy timeout")
 	}
-	bin := buildServer(t)
-	f := newFixture(t, "BTCUSDT")
-	s := f.startServer(t, bin)
-	db := f.sqlite(t)
-	exec1(t, db, `INSERT INTO symbol_settings (symbol) VALUES ('BTCUSDT')`)
-	testutil.WaitFor(t, "subscription", func() bool { return f.x.Subscribers("BTCUSDT") == 1 })
+	f, _, s, db := recordOne(t, "BTCUSDT")
 	p := publish(f.x, 5*time.Millisecond, "BTCUSDT")
 	defer p.halt()
 	testutil.WaitFor(t, "ticks stored", func() bool { return len(stored(t, db, "BTCUSDT")) > 50 })
@@ -204,12 +213,7 @@ func TestRESTRateLimitIsObeyed(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waits out a Retry-After")
 	}
-	bin := buildServer(t)
-	f := newFixture(t, "BTCUSDT")
-	s := f.startServer(t, bin)
-	db := f.sqlite(t)
-	exec1(t, db, `INSERT INTO symbol_settings (symbol) VALUES ('BTCUSDT')`)
-	testutil.WaitFor(t, "subscription", func() bool { return f.x.Subscribers("BTCUSDT") == 1 })
+	f, bin, s, db := recordOne(t, "BTCUSDT")
 	f.x.Publish("BTCUSDT", 10)
 	testutil.WaitFor(t, "ticks stored", func() bool { return len(stored(t, db, "BTCUSDT")) == 10 })
 	s.kill(t)
