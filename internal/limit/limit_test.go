@@ -353,29 +353,11 @@ func TestWeightTake(t *testing.T) {
 				tt.setup(t, w)
 			}
 			done := goTake(t, context.Background(), w, 20)
-			var err error
-			finished := false
-			for elapsed := time.Duration(0); ; elapsed += 50 * time.Millisecond {
-				waitFor(t, "Take to return or block", func() bool {
-					select {
-					case err = <-done:
-						finished = true
-						return true
-					default:
-						return clock.Waiters() == 1
-					}
-				})
-				if finished {
-					break
-				}
-				if elapsed > 2*time.Minute {
-					t.Fatal("Take still blocked after 2 fake minutes")
-				}
+			_, err := stepUntil(t, clock, done, 50*time.Millisecond, 2*time.Minute, func(elapsed time.Duration) {
 				if tt.during != nil {
 					tt.during(w, elapsed)
 				}
-				clock.Advance(50 * time.Millisecond)
-			}
+			})
 			if err != nil {
 				t.Fatalf("Take(20) = %v, want nil", err)
 			}
@@ -497,33 +479,43 @@ func TestWeightMinuteGuard(t *testing.T) {
 		clock := NewFakeClock(t0.Add(tt.at))
 		w := NewWeight(clock, 1200)
 		done := goTake(t, context.Background(), w, 20)
-		var waited time.Duration
-		for {
-			var err error
-			finished := false
-			waitFor(t, "Take to return or block", func() bool {
-				select {
-				case err = <-done:
-					finished = true
-					return true
-				default:
-					return clock.Waiters() == 1
-				}
-			})
-			if finished {
-				if err != nil {
-					t.Fatal(err)
-				}
-				break
-			}
-			if waited > 2*time.Second {
-				t.Fatalf("Take at %v after 12:03:30 still blocked after %v", tt.at, waited)
-			}
-			clock.Advance(step)
-			waited += step
+		waited, err := stepUntil(t, clock, done, step, 2*time.Second, nil)
+		if err != nil {
+			t.Fatal(err)
 		}
 		if waited != tt.wantWait {
 			t.Errorf("Take at %v after 12:03:30 waited %v, want %v", tt.at, waited, tt.wantWait)
 		}
+	}
+}
+
+// stepUntil advances clock by step each time the one Take behind done is
+// blocked on it, until done yields, and returns how far it advanced and
+// what Take returned. before, if set, runs before each step with the time
+// advanced so far. It fails the test past limit.
+func stepUntil(t *testing.T, clock *FakeClock, done <-chan error, step, limit time.Duration, before func(time.Duration)) (time.Duration, error) {
+	t.Helper()
+	for elapsed := time.Duration(0); ; elapsed += step {
+		var err error
+		finished := false
+		waitFor(t, "Take to return or block", func() bool {
+			select {
+			case err = <-done:
+				finished = true
+				return true
+			default:
+				return clock.Waiters() == 1
+			}
+		})
+		if finished {
+			return elapsed, err
+		}
+		if elapsed > limit {
+			t.Fatalf("Take still blocked after %v of fake time", elapsed)
+		}
+		if before != nil {
+			before(elapsed)
+		}
+		clock.Advance(step)
 	}
 }

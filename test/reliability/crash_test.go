@@ -27,10 +27,7 @@ func TestCrashSafety(t *testing.T) {
 	// call): the short run uses Binance's whole 2400 to stay fast, the full
 	// run the default 1200.
 	f.env["REST_WEIGHT_PER_MINUTE"] = pick("2400", "1200")
-	s := f.start(t)
-	db := openDB(t, f.dbPath)
-	enable(t, db, syms)
-	waitFor(t, "50 subscriptions", subscribeWait(len(syms)), func() bool { return allSubscribed(f.x, syms) })
+	s, db := f.startRecording(t, syms)
 	const rate = 20 // per symbol: 1,000 ticks/s in all
 	l := startLoad(t, f.x, rate, syms)
 

@@ -31,10 +31,7 @@ func TestDiskFull(t *testing.T) {
 
 	syms := symbols("D", 5)
 	f := newFixture(t, filepath.Join(mnt, "ticks.db"), syms...)
-	s := f.start(t)
-	db := openDB(t, f.dbPath)
-	enable(t, db, syms)
-	waitFor(t, "subscriptions", subscribeWait(len(syms)), func() bool { return allSubscribed(f.x, syms) })
+	s, db := f.startRecording(t, syms)
 	l := startLoad(t, f.x, 50, syms)
 	streamed(t, db, f.x, syms, 30*time.Second)
 

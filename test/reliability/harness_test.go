@@ -105,6 +105,17 @@ func seed(t *testing.T) uint64 {
 	return s
 }
 
+// startRecording starts the server, enables syms by SQL and waits until
+// every one is subscribed; it returns the server and a user's connection.
+func (f *fixture) startRecording(t *testing.T, syms []string) (*server, *sql.DB) {
+	t.Helper()
+	s := f.start(t)
+	db := openDB(t, f.dbPath)
+	enable(t, db, syms)
+	waitFor(t, "subscriptions", subscribeWait(len(syms)), func() bool { return allSubscribed(f.x, syms) })
+	return s, db
+}
+
 // figure logs one measured figure for docs/RELIABILITY.md; go test -v | grep FIGURE collects them.
 func figure(t *testing.T, format string, args ...any) {
 	t.Helper()

@@ -22,10 +22,7 @@ func TestHTTPSurface(t *testing.T) {
 	skipShort(t)
 	syms := symbols("W", 10)
 	f := newFixture(t, "", syms...)
-	s := f.start(t)
-	db := openDB(t, f.dbPath)
-	enable(t, db, syms)
-	waitFor(t, "subscriptions", subscribeWait(len(syms)), func() bool { return allSubscribed(f.x, syms) })
+	s, db := f.startRecording(t, syms)
 	l := startLoad(t, f.x, 20, syms)
 	streamed(t, db, f.x, syms, 30*time.Second)
 

@@ -22,10 +22,7 @@ func TestWriteLockHeld(t *testing.T) {
 	hold := pick(8*time.Second, 30*time.Second)
 	syms := symbols("L", 10)
 	f := newFixture(t, "", syms...)
-	s := f.start(t)
-	db := openDB(t, f.dbPath)
-	enable(t, db, syms)
-	waitFor(t, "subscriptions", subscribeWait(len(syms)), func() bool { return allSubscribed(f.x, syms) })
+	s, db := f.startRecording(t, syms)
 	l := startLoad(t, f.x, 20, syms)
 	streamed(t, db, f.x, syms, 30*time.Second)
 
@@ -85,10 +82,7 @@ func TestLongReader(t *testing.T) {
 	rate := pick(50.0, 10.0) // per symbol
 	syms := symbols("R", 10)
 	f := newFixture(t, "", syms...)
-	s := f.start(t)
-	db := openDB(t, f.dbPath)
-	enable(t, db, syms)
-	waitFor(t, "subscriptions", subscribeWait(len(syms)), func() bool { return allSubscribed(f.x, syms) })
+	s, db := f.startRecording(t, syms)
 	l := startLoad(t, f.x, rate, syms)
 	streamed(t, db, f.x, syms, 30*time.Second)
 
@@ -156,10 +150,7 @@ func TestDroppedByHand(t *testing.T) {
 	skipShort(t)
 	syms := symbols("H", 3)
 	f := newFixture(t, "", syms...)
-	s := f.start(t)
-	db := openDB(t, f.dbPath)
-	enable(t, db, syms)
-	waitFor(t, "subscriptions", subscribeWait(len(syms)), func() bool { return allSubscribed(f.x, syms) })
+	s, db := f.startRecording(t, syms)
 	l := startLoad(t, f.x, 50, syms)
 	streamed(t, db, f.x, syms, 30*time.Second)
 

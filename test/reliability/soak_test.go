@@ -36,10 +36,7 @@ func TestSoak(t *testing.T) {
 	f := newFixture(t, "", syms...)
 	f.env["STREAM_STALE_TIMEOUT"] = "10s"   // stalled streams are found in seconds, not minutes
 	f.env["STREAM_SILENCE_TIMEOUT"] = "20s" // and quiet ones checked against REST
-	s := f.start(t)
-	db := openDB(t, f.dbPath)
-	enable(t, db, syms)
-	waitFor(t, "subscriptions", subscribeWait(len(syms)), func() bool { return allSubscribed(f.x, syms) })
+	s, db := f.startRecording(t, syms)
 	l := startLoad(t, f.x, 20, syms)
 
 	faults := map[string]int{}
