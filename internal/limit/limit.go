@@ -105,10 +105,8 @@ func (w *Window) Wait(ctx context.Context) error {
 			return nil
 		}
 		w.mu.Unlock()
-		select {
-		case <-w.clock.After(at.Sub(now)):
-		case <-ctx.Done():
-			return ctx.Err()
+		if err := Sleep(ctx, w.clock, at.Sub(now)); err != nil {
+			return err
 		}
 	}
 }
@@ -144,6 +142,19 @@ func latest(a, b time.Time) time.Time {
 // counted here in one minute must not reach Binance, and be counted there, in
 // the next.
 const minuteGuard = time.Second
+
+// Sleep waits d on clock, or returns ctx.Err() as soon as ctx ends.
+func Sleep(ctx context.Context, clock Clock, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	select {
+	case <-clock.After(d):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
 
 // Weight spends a per-UTC-minute budget of REST weight, the way Binance counts it (12:03:00.000
 // to 12:03:59.999 is one minute). No call is admitted in the last second of a minute, so that
@@ -191,10 +202,8 @@ func (w *Weight) Take(ctx context.Context, cost int) error {
 			return nil
 		}
 		w.mu.Unlock()
-		select {
-		case <-w.clock.After(at.Sub(now)):
-		case <-ctx.Done():
-			return ctx.Err()
+		if err := Sleep(ctx, w.clock, at.Sub(now)); err != nil {
+			return err
 		}
 	}
 }

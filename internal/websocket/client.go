@@ -22,6 +22,7 @@ import (
 	"binance-symbol-tick-store/internal/aggtrade"
 	"binance-symbol-tick-store/internal/backfill"
 	"binance-symbol-tick-store/internal/database"
+	"binance-symbol-tick-store/internal/limit"
 	"binance-symbol-tick-store/internal/rest"
 	"binance-symbol-tick-store/internal/symbol"
 )
@@ -615,16 +616,5 @@ func (t *throttle) flush(now time.Time) (suppressed int, ok bool) {
 	return n, true
 }
 
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+// sleep waits d on the real clock, or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error { return limit.Sleep(ctx, limit.Real(), d) }
