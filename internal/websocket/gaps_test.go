@@ -236,7 +236,18 @@ func TestServerCutsFirst(t *testing.T) {
 	testutil.WaitFor(t, "three cuts", func() bool { return len(h.x.Attempts()) >= 4 })
 	close(p)
 	wg.Wait()
-	h.x.Publish("BTCUSDT", 1)
+	// The cuts go on every 200 ms, so a last trade can fall into one; only a
+	// later trade reveals it (the silence check needs a connection that lives
+	// longer than its timeout). Trading goes on until a frame has arrived
+	// after the last gap was queued.
+	testutil.WaitFor(t, "every trade stored", func() bool {
+		rows, _ := h.db.Ticks(context.Background(), "BTCUSDT", 0)
+		if len(rows) >= len(h.x.Trades("BTCUSDT")) {
+			return true
+		}
+		h.x.Publish("BTCUSDT", 1)
+		return false
+	})
 	h.waitStored("BTCUSDT")
 	for _, d := range h.sleeps.get() {
 		if d != 0 {
