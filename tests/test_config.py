@@ -1,0 +1,91 @@
+"""Configuration from the environment."""
+
+import logging
+
+import pytest
+
+from tickd.config import Config, ConfigError, load, parse_duration, prepare_db_dir
+
+
+def test_defaults():
+    assert load({}) == Config(
+        db_path="./.data/ticks.db",
+        http_port=8080,
+        ws_url="wss://fstream.binance.com/market/ws",
+        rest_url="https://fapi.binance.com",
+        poll_interval=60.0,
+        stale_timeout=300.0,
+        log_level=logging.INFO,
+    )
+
+
+def test_every_variable_is_read():
+    config = load(
+        {
+            "DB_PATH": "/tmp/x.db",
+            "HTTP_PORT": "0",
+            "BINANCE_WS_URL": "ws://127.0.0.1:9/market/ws/",
+            "BINANCE_REST_URL": "http://127.0.0.1:9",
+            "SETTINGS_POLL_INTERVAL": "500ms",
+            "STREAM_STALE_TIMEOUT": "23h50m",
+            "LOG_LEVEL": "DEBUG",
+        }
+    )
+    assert config == Config(
+        "/tmp/x.db",
+        0,
+        "ws://127.0.0.1:9/market/ws",
+        "http://127.0.0.1:9",
+        0.5,
+        85800.0,
+        logging.DEBUG,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("500ms", 0.5),
+        ("90s", 90),
+        ("5m", 300),
+        ("23h50m", 85800),
+        ("1h30m15s", 5415),
+        ("1.5s", 1.5),
+    ],
+)
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("HTTP_PORT", "abc"),
+        ("HTTP_PORT", "-1"),
+        ("HTTP_PORT", "70000"),
+        ("SETTINGS_POLL_INTERVAL", "60"),
+        ("SETTINGS_POLL_INTERVAL", "0s"),
+        ("STREAM_STALE_TIMEOUT", "5 minutes"),
+        ("STREAM_STALE_TIMEOUT", "m5"),
+        ("BINANCE_WS_URL", "https://fstream.binance.com/market/ws"),
+        ("BINANCE_REST_URL", "fapi.binance.com"),
+        ("LOG_LEVEL", "loud"),
+    ],
+)
+def test_a_bad_value_names_the_variable_and_the_value(name, value):
+    with pytest.raises(ConfigError) as info:
+        load({name: value})
+    message = str(info.value)
+    assert name in message and repr(value) in message and "\n" not in message
+
+
+def test_db_directory_is_created(tmp_path):
+    config = load({"DB_PATH": str(tmp_path / "a" / "b" / "ticks.db")})
+    prepare_db_dir(config)
+    assert (tmp_path / "a" / "b").is_dir()
+
+
+def test_unusable_db_directory_names_db_path(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="DB_PATH"):
+        prepare_db_dir(load({"DB_PATH": str(tmp_path / "file" / "ticks.db")}))

@@ -1,0 +1,1 @@
+"""tickd records every Binance USD-M futures aggTrade tick into SQLite."""

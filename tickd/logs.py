@@ -1,0 +1,63 @@
+"""Plain-text logging to stdout, and a throttle for lines that could repeat per frame."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+
+class _UTCFormatter(logging.Formatter):
+    converter = time.gmtime
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", self.converter(record.created)) + (
+            f".{int(record.msecs):03d}Z"
+        )
+
+
+def setup(level: int, stream: TextIO) -> logging.Handler:
+    """Send the `tickd` loggers' records to `stream`, one line each; returns the handler."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_UTCFormatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("tickd")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+    return handler
+
+
+def kv(**context: object) -> str:
+    """`key=value` pairs for the end of a log line; values with spaces or quotes are repr'd."""
+    parts = []
+    for key, value in context.items():
+        text = str(value)
+        if not text or not text.isprintable() or any(c in text for c in ' "='):
+            text = ascii(text) if not text.isprintable() else repr(text)
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+class Throttle:
+    """Lets one line per key through per `interval`; counts what it held back.
+
+    `allow(key)` returns None to hold a line back, or the number of lines held back since
+    the last one let through (to report as `suppressed=N`).
+    """
+
+    __slots__ = ("_clock", "_interval", "_state")
+
+    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self._interval = interval
+        self._clock = clock
+        self._state: dict[object, tuple[float, int]] = {}
+
+    def allow(self, key: object) -> int | None:
+        now = self._clock()
+        last, held = self._state.get(key, (float("-inf"), 0))
+        if now - last < self._interval:
+            self._state[key] = (last, held + 1)
+            return None
+        self._state[key] = (now, 0)
+        return held
