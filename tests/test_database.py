@@ -1,0 +1,174 @@
+"""The database layer: the spec's DDL, idempotent writes, index use, recreated tables, and
+waiting for another program's lock without blocking the gevent hub."""
+
+import sqlite3
+
+import gevent
+import pytest
+
+from tickd.database import Database
+from tickd.wire import Tick
+
+SPEC_PRICES = (
+    'CREATE TABLE "prices_BTCUSDT" (\n'
+    "    id        INTEGER PRIMARY KEY AUTOINCREMENT,\n"
+    "    timestamp INTEGER NOT NULL,\n"
+    "    price     REAL NOT NULL\n"
+    ")"
+)
+SPEC_SETTINGS = (
+    "CREATE TABLE symbol_settings (\n"
+    "    symbol  TEXT PRIMARY KEY,\n"
+    "    enabled INTEGER DEFAULT 1\n"
+    ")"
+)
+
+
+@pytest.fixture
+def db(tmp_path):
+    database = Database(str(tmp_path / "ticks.db"), lock_wait=1.0)
+    database.open()
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def other(db):
+    """Another program's connection to the same file."""
+    conn = sqlite3.connect(db.path, isolation_level=None)
+    yield conn
+    conn.close()
+
+
+def schema(conn):
+    return dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL"))
+
+
+def test_schema_is_the_spec_ddl(db, other):
+    db.ensure_table("BTCUSDT")
+    tables = schema(other)
+    assert tables["symbol_settings"] == SPEC_SETTINGS
+    assert tables["prices_BTCUSDT"] == SPEC_PRICES
+    assert tables["idx_prices_BTCUSDT_timestamp"] == (
+        'CREATE INDEX "idx_prices_BTCUSDT_timestamp" ON "prices_BTCUSDT"(timestamp)'
+    )
+    assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_insert_is_idempotent_by_trade_id(db):
+    db.ensure_table("BTCUSDT")
+    assert db.insert("BTCUSDT", Tick(10, 1000, 1.5))
+    assert db.insert("BTCUSDT", Tick(10, 1000, 1.5))
+    assert db.insert_many("BTCUSDT", [Tick(9, 999, 1.4), Tick(10, 1000, 1.5), Tick(11, 1001, 1.6)])
+    assert db.ticks("BTCUSDT") == [Tick(9, 999, 1.4), Tick(10, 1000, 1.5), Tick(11, 1001, 1.6)]
+    assert db.max_id("BTCUSDT") == 11
+    assert db.first_last("BTCUSDT") == (999, 1001)
+
+
+def test_hostile_symbol_text_stays_an_identifier(db, other):
+    # normalise() refuses such a name long before; quoting must hold even so.
+    name = 'X"; DROP TABLE symbol_settings;--'
+    db.ensure_table(name)
+    assert db.insert(name, Tick(1, 2, 3.0))
+    assert "symbol_settings" in schema(other)
+    assert other.execute(
+        f'SELECT COUNT(*) FROM "prices_{name.replace(chr(34), 2 * chr(34))}"'
+    ).fetchone() == (1,)
+
+
+def test_first_and_last_tick_come_from_the_index(db):
+    db.ensure_table("BTCUSDT")
+    plan = db._conn.execute("EXPLAIN QUERY PLAN " + db._sql("BTCUSDT").first_last).fetchall()
+    details = [row[-1] for row in plan]
+    assert sum("USING COVERING INDEX idx_prices_BTCUSDT_timestamp" in d for d in details) == 2
+    assert not any(d.startswith("SCAN") and d != "SCAN CONSTANT ROW" for d in details)
+    # The one-query form would scan: the reason for two subqueries.
+    naive = db._conn.execute(
+        'EXPLAIN QUERY PLAN SELECT MIN(timestamp), MAX(timestamp) FROM "prices_BTCUSDT"'
+    )
+    assert any(row[-1].startswith("SCAN") for row in naive)
+
+
+def test_no_table_and_empty_table_have_no_range(db):
+    assert db.first_last("NOPE") is None
+    db.ensure_table("BTCUSDT")
+    assert db.first_last("BTCUSDT") is None
+    assert db.max_id("BTCUSDT") is None
+
+
+def test_a_table_dropped_by_hand_is_recreated_on_the_next_write(db, other):
+    db.ensure_table("BTCUSDT")
+    assert db.insert("BTCUSDT", Tick(1, 1, 1.0))
+    other.execute('DROP TABLE "prices_BTCUSDT"')
+    assert db.insert("BTCUSDT", Tick(2, 2, 2.0))
+    assert db.ticks("BTCUSDT") == [Tick(2, 2, 2.0)]
+    assert "idx_prices_BTCUSDT_timestamp" in schema(other)
+
+
+def test_symbol_settings_dropped_by_hand_is_recreated(db, other):
+    other.execute("INSERT INTO symbol_settings (symbol) VALUES ('BTCUSDT')")
+    assert db.settings() == [("BTCUSDT", 1)]
+    other.execute("DROP TABLE symbol_settings")
+    assert db.settings() == []
+    assert "symbol_settings" in schema(other)
+
+
+def test_settings_keep_insertion_order(db, other):
+    for name in ("ZZZ", "AAA", "MMM"):
+        other.execute("INSERT INTO symbol_settings (symbol) VALUES (?)", (name,))
+    other.execute("UPDATE symbol_settings SET enabled = 0 WHERE symbol = 'AAA'")
+    assert db.settings() == [("ZZZ", 1), ("AAA", 0), ("MMM", 1)]
+
+
+def test_a_write_waits_for_another_programs_lock_without_blocking_other_greenlets(db, other):
+    db.ensure_table("BTCUSDT")
+    other.execute("BEGIN EXCLUSIVE")
+    ticks_of_the_clock = []
+
+    def clock():
+        while True:
+            ticks_of_the_clock.append(1)
+            gevent.sleep(0.01)
+
+    def release():
+        gevent.sleep(0.3)
+        other.execute("COMMIT")
+
+    ticker, releaser = gevent.spawn(clock), gevent.spawn(release)
+    try:
+        assert db.insert("BTCUSDT", Tick(1, 1, 1.0))  # waits about 0.3 s, cooperatively
+        assert len(ticks_of_the_clock) >= 10
+        # Reads do not wait for the writer at all in WAL mode.
+        assert db.first_last("BTCUSDT") == (1, 1)
+    finally:
+        gevent.killall([ticker, releaser])
+
+
+def test_a_write_locked_out_longer_than_the_wait_is_logged_and_skipped(db, other, caplog):
+    db.ensure_table("BTCUSDT")
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        assert not db.insert("BTCUSDT", Tick(1, 1, 1.0))
+        # The status page's reads still answer during the lock.
+        assert db.first_last("BTCUSDT") is None
+    finally:
+        other.execute("ROLLBACK")
+    assert "write failed, ticks skipped" in caplog.text and "SQLITE_BUSY" in caplog.text
+    assert db.insert("BTCUSDT", Tick(2, 2, 2.0))
+
+
+def test_checkpoint_runs_in_a_thread_and_empties_the_wal(db):
+    db.ensure_table("BTCUSDT")
+    db.insert_many("BTCUSDT", [Tick(i, i, 1.0) for i in range(1, 1000)])
+    busy, frames, done = db.checkpoint()
+    assert busy == 0 and frames == done and frames > 0
+
+
+def test_a_file_that_is_not_a_database_is_refused_and_left_alone(tmp_path):
+    path = tmp_path / "ticks.db"
+    garbage = b"this is not sqlite" * 1000
+    path.write_bytes(garbage)
+    database = Database(str(path))
+    with pytest.raises(sqlite3.DatabaseError):
+        database.open()
+    assert path.read_bytes() == garbage

@@ -1,0 +1,316 @@
+"""All SQL: the one SQLite connection, the schema, tick writes and the reads of the status page.
+
+gevent runs every greenlet on one thread, so a C call that waits freezes them all. The
+connection therefore never waits inside SQLite: its busy timeout is 0, a statement that
+meets another program's lock is retried with gevent.sleep (up to `lock_wait` in all), and
+WAL checkpoints, which fsync, run on a second connection in gevent's thread pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import gevent
+from gevent.lock import Semaphore
+
+from . import symbols
+from .logs import Throttle, kv
+from .wire import Tick
+
+log = logging.getLogger(__name__)
+
+SETTINGS_DDL = (
+    "CREATE TABLE IF NOT EXISTS symbol_settings (\n"
+    "    symbol  TEXT PRIMARY KEY,\n"
+    "    enabled INTEGER DEFAULT 1\n"
+    ")"
+)
+PRICES_DDL = (
+    "CREATE TABLE IF NOT EXISTS {table} (\n"
+    "    id        INTEGER PRIMARY KEY AUTOINCREMENT,\n"
+    "    timestamp INTEGER NOT NULL,\n"
+    "    price     REAL NOT NULL\n"
+    ")"
+)
+INDEX_DDL = "CREATE INDEX IF NOT EXISTS {index} ON {table}(timestamp)"
+
+# Statements are prepared once per SQL text and cached by the sqlite3 module; each symbol
+# has its own INSERT, so the cache must hold one per symbol or they are re-prepared per tick.
+STATEMENT_CACHE = 4096
+_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def quote(identifier: str) -> str:
+    """`identifier` as an SQL identifier: double-quoted, embedded quotes doubled."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    """True if `exc` says another connection holds a lock we need."""
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _BUSY_CODES
+
+
+class _Tables:
+    """The SQL texts of one symbol's table, built once."""
+
+    __slots__ = ("create", "first_last", "index", "insert", "max_id")
+
+    def __init__(self, symbol: str):
+        table = quote("prices_" + symbol)
+        self.create = PRICES_DDL.format(table=table)
+        self.index = INDEX_DDL.format(index=quote(f"idx_prices_{symbol}_timestamp"), table=table)
+        self.insert = f"INSERT OR IGNORE INTO {table} (id, timestamp, price) VALUES (?, ?, ?)"
+        # Two subqueries, each one lookup at an end of the timestamp index;
+        # `SELECT MIN(timestamp), MAX(timestamp)` in one query scans the whole table.
+        self.first_last = (
+            f"SELECT (SELECT MIN(timestamp) FROM {table}), (SELECT MAX(timestamp) FROM {table})"
+        )
+        self.max_id = f"SELECT MAX(id) FROM {table}"
+
+
+class Database:
+    """The store's SQLite file, used from greenlets through one connection behind a Semaphore.
+
+    Methods take only normalised symbols (symbols.normalise). Reads raise sqlite3.Error;
+    writes log and return False instead (the spec's "log and skip").
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        lock_wait: float = 5.0,
+        sleep: Callable[[float], object] = gevent.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.path = path
+        self.lock_wait = lock_wait
+        self._sleep = sleep
+        self._clock = clock
+        self._semaphore = Semaphore()
+        self._tables: dict[str, _Tables] = {}
+        self._throttle = Throttle(60.0, clock)
+        self._conn: sqlite3.Connection | None = None
+        self._checkpointer: sqlite3.Connection | None = None
+
+    # -- opening and closing -------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open the file, set WAL mode and create symbol_settings.
+
+        Raises sqlite3.DatabaseError if the file is not a usable SQLite database.
+        """
+        conn = sqlite3.connect(self.path, isolation_level=None, cached_statements=STATEMENT_CACHE)
+        self._conn = conn
+        try:
+            self._retry(self._setup, conn)
+            # Checkpoints copy the WAL into the database and fsync: never on the hub.
+            self._checkpointer = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False
+            )
+            self._checkpointer.execute("PRAGMA busy_timeout = 5000")
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _setup(conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA busy_timeout = 0")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise sqlite3.DatabaseError(f"cannot use WAL journal mode (got {mode})")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        # After a checkpoint resets the WAL, truncate it to this size, so one long reader
+        # elsewhere does not leave a huge file behind for good.
+        conn.execute("PRAGMA journal_size_limit = 67108864")
+        conn.execute(SETTINGS_DDL)
+
+    def close(self) -> None:
+        """Wait for the statement in flight, then close (SQLite checkpoints and removes the WAL)."""
+        with self._semaphore:
+            for conn in (self._checkpointer, self._conn):
+                if conn is not None:
+                    conn.close()
+            self._conn = self._checkpointer = None
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """Copy committed WAL frames into the database, in a worker thread; never waits for locks.
+
+        Returns SQLite's (busy, wal frames, frames checkpointed).
+        """
+        conn = self._checkpointer
+        if conn is None:
+            raise sqlite3.ProgrammingError("database is closed")
+        pool = gevent.get_hub().threadpool
+        return pool.apply(lambda: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
+
+    # -- the cooperative lock wait -------------------------------------------------------
+
+    def _retry(self, operation: Callable, *args: object):
+        """Run `operation(*args)` under the Semaphore; retry it while another program holds
+        a lock, sleeping cooperatively (1 ms doubling to 100 ms), for at most `lock_wait`."""
+        deadline = self._clock() + self.lock_wait
+        delay = 0.001
+        while True:
+            with self._semaphore:
+                if self._conn is None:
+                    raise sqlite3.ProgrammingError("database is closed")
+                try:
+                    return operation(*args)
+                except sqlite3.OperationalError as exc:
+                    if not is_busy(exc) or self._clock() + delay > deadline:
+                        raise
+            self._sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    # -- writes --------------------------------------------------------------------------
+
+    def _sql(self, symbol: str) -> _Tables:
+        tables = self._tables.get(symbol)
+        if tables is None:
+            tables = self._tables[symbol] = _Tables(symbol)
+        return tables
+
+    def ensure_table(self, symbol: str) -> None:
+        """Create `prices_<symbol>` and its timestamp index if missing. Raises sqlite3.Error."""
+        self._retry(self._create, self._sql(symbol))
+
+    def _create(self, tables: _Tables) -> None:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(tables.create)
+            conn.execute(tables.index)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def insert(self, symbol: str, tick: Tick) -> bool:
+        """Store one tick in its own transaction; False (logged) if it could not be written.
+
+        A tick already stored (same id) is ignored. A table dropped by another program
+        is created again.
+        """
+        return self.insert_many(symbol, (tick,))
+
+    def insert_many(self, symbol: str, ticks: Sequence[Tick]) -> bool:
+        """Store ticks in one transaction; False (logged) if they could not be written."""
+        tables = self._sql(symbol)
+        try:
+            try:
+                self._retry(self._write, tables, ticks)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_ERROR:
+                    raise
+                # The usual cause is a table dropped by hand; CREATE ... IF NOT EXISTS is
+                # harmless if it was something else, and the retry then fails again.
+                self._retry(self._create, tables)
+                self._retry(self._write, tables, ticks)
+            return True
+        except sqlite3.Error as exc:
+            self._log_write_error(symbol, len(ticks), exc)
+            return False
+
+    def _write(self, tables: _Tables, ticks: Sequence[Tick]) -> None:
+        conn = self._conn
+        if len(ticks) == 1:
+            conn.execute(tables.insert, ticks[0])
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(tables.insert, ticks)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _log_write_error(self, symbol: str, count: int, exc: sqlite3.Error) -> None:
+        name = getattr(exc, "sqlite_errorname", type(exc).__name__)
+        held = self._throttle.allow((symbol, name))
+        if held is not None:
+            log.error(
+                "write failed, ticks skipped %s",
+                kv(symbol=symbol, ticks=count, error=name, detail=exc, suppressed=held),
+            )
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def settings(self) -> list[tuple[object, object]]:
+        """Rows of symbol_settings as (symbol, enabled), in insertion order, raw as stored.
+
+        A symbol_settings dropped by another program is created again (empty).
+        """
+        try:
+            return self._retry(self._read_settings)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_ERROR:
+                raise
+            self._retry(lambda: self._conn.execute(SETTINGS_DDL))
+            log.warning("symbol_settings was missing and has been created again")
+            return self._retry(self._read_settings)
+
+    def _read_settings(self) -> list[tuple[object, object]]:
+        return self._conn.execute(
+            "SELECT symbol, enabled FROM symbol_settings ORDER BY rowid"
+        ).fetchall()
+
+    def price_tables(self) -> list[str]:
+        """Symbols that have a prices_ table, as named in the file, sorted."""
+        rows = self._retry(
+            lambda: self._conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name LIKE 'prices!_%' ESCAPE '!' ORDER BY name"
+            ).fetchall()
+        )
+        return [name[len("prices_") :] for (name,) in rows]
+
+    def first_last(self, symbol: str) -> tuple[int, int] | None:
+        """(first, last) tick timestamp of `symbol`, None if it has no table or no rows."""
+        try:
+            first, last = self._retry(
+                lambda: self._conn.execute(self._sql(symbol).first_last).fetchone()
+            )
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode == sqlite3.SQLITE_ERROR:
+                return None  # no such table
+            raise
+        return None if first is None else (first, last)
+
+    def max_id(self, symbol: str) -> int | None:
+        """The highest stored trade id of `symbol`, None if none. Raises sqlite3.Error."""
+        return self._retry(lambda: self._conn.execute(self._sql(symbol).max_id).fetchone()[0])
+
+    def ping(self) -> None:
+        """Raise sqlite3.Error unless the database answers a trivial read."""
+        self._retry(lambda: self._conn.execute("SELECT 1 FROM symbol_settings LIMIT 1").fetchall())
+
+    def ticks(self, symbol: str, first_id: int = 0) -> list[Tick]:
+        """Stored ticks of `symbol` with id >= first_id, by id (for tests and tools)."""
+        table = quote("prices_" + symbol)
+        return self._retry(
+            lambda: [
+                Tick(*row)
+                for row in self._conn.execute(
+                    f"SELECT id, timestamp, price FROM {table} WHERE id >= ? ORDER BY id",
+                    (first_id,),
+                )
+            ]
+        )
+
+
+def valid_names(names: Iterable[object]) -> list[str]:
+    """The names among `names` that normalise to themselves (tables made by this store)."""
+    out = []
+    for name in names:
+        try:
+            if symbols.normalise(name) == name:
+                out.append(name)
+        except symbols.InvalidSymbol:
+            continue
+    return out
