@@ -1,0 +1,133 @@
+"""The HTTP side: the plain-text status page, the health check, and the Bottle app serving them."""
+
+from __future__ import annotations
+
+import logging
+import time
+import unicodedata
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import bottle
+
+from . import symbols
+from .database import Database
+from .logs import kv
+
+log = logging.getLogger(__name__)
+
+TITLE = "Binance Tick Store"
+NAME_WIDTH = 12  # the spec's example: "BTCUSDT" and five spaces
+STATE_WIDTH = 8  # "on" and six spaces
+NO_DATA = "(no data yet)"
+INVALID = "(invalid symbol, ignored)"
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One line of the page: a name, on/off, and the first/last tick times in ms (or None)."""
+
+    name: str
+    on: bool
+    span: tuple[int, int] | None = None
+    invalid: bool = False
+
+
+def width(text: str) -> int:
+    """Columns `text` takes in a terminal: wide East Asian characters count two, marks none."""
+    total = 0
+    for char in text:
+        if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+            continue
+        total += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    return total
+
+
+def format_uptime(seconds: float) -> str:
+    """`2d 14h 32m`, leading zero units left out (`5m`, `3h 0m`)."""
+    minutes = int(seconds // 60)
+    days, minutes = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(minutes, 60)
+    if days:
+        return f"{days}d {hours}h {minutes}m"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m"
+
+
+def format_time(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms // 1000))
+
+
+def render(uptime: float, rows: Iterable[Row]) -> str:
+    """The status page of a running store."""
+    rows = list(rows)
+    names = [symbols.display(f'"{row.name}"') if row.invalid else row.name for row in rows]
+    column = max([NAME_WIDTH, *(width(name) + 2 for name in names)])
+    lines = [TITLE, "", "Status:     running", f"Uptime:     {format_uptime(uptime)}", ""]
+    for row, name in zip(rows, names, strict=True):
+        if row.invalid:
+            detail = INVALID
+        elif row.span is None:
+            detail = NO_DATA
+        else:
+            detail = f"{format_time(row.span[0])}  ->  {format_time(row.span[1])}"
+        state = "on" if row.on else "off"
+        lines.append(f"{name}{' ' * (column - width(name))}{state:<{STATE_WIDTH}}{detail}")
+    return "\n".join(lines) + "\n"
+
+
+def render_stopped(reason: str = "connection refused") -> str:
+    """What `make status` prints when nothing answers."""
+    return f"{TITLE}\n\nStatus:     stopped ({reason})\n"
+
+
+def collect(
+    db: Database,
+    enabled: dict[str, bool],
+    invalid: Iterable[str],
+    connected: Callable[[str], bool],
+) -> list[Row]:
+    """The page's rows: symbol_settings' symbols in row order, refused names, then symbols
+    that still have a table but no settings row (off)."""
+    rows = []
+    for symbol, on in enabled.items():
+        rows.append(Row(symbol, on and connected(symbol), db.first_last(symbol)))
+    rows.extend(Row(name, False, invalid=True) for name in invalid)
+    listed = set(enabled)
+    for table in db.price_tables():
+        try:
+            symbol = symbols.normalise(table)
+        except symbols.InvalidSymbol:
+            continue
+        if symbol == table and symbol not in listed:
+            rows.append(Row(symbol, False, db.first_last(symbol)))
+    return rows
+
+
+def make_app(page: Callable[[], str], healthy: Callable[[], bool]) -> bottle.Bottle:
+    """A Bottle app with GET /status (the page) and GET /healthz; everything else 404/405."""
+    app = bottle.Bottle(catchall=True, autojson=False)
+
+    @app.get("/status")
+    def status() -> str:
+        bottle.response.content_type = "text/plain; charset=utf-8"
+        bottle.response.set_header("Cache-Control", "no-store")
+        return page()
+
+    @app.get("/healthz")
+    def healthz() -> str:
+        bottle.response.content_type = "text/plain; charset=utf-8"
+        if healthy():
+            return "ok\n"
+        bottle.response.status = 503
+        return "database unavailable\n"
+
+    def plain_error(error: bottle.HTTPError) -> str:
+        error.content_type = "text/plain; charset=utf-8"
+        if error.status_code >= 500:
+            log.error("http handler failed %s", kv(error=error.exception or error.body))
+        return f"{error.status_line}\n"
+
+    app.default_error_handler = plain_error
+    return app
