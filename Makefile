@@ -1,16 +1,17 @@
-# Binance Tick Store. `make run` starts it in Docker, `make test` tests it.
+# Binance Tick Store. `make run` starts it in Docker; `make test` tests it.
 
 HTTP_PORT ?= 8080
-BIN       ?= bin/server
+PYTHON    ?= python3
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
 # Docker Compose v2 ("docker compose") if present, else the v1 binary.
 COMPOSE   ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-.PHONY: build run stop status logs test fake symbols symbol-add symbol-enable symbol-disable symbol-remove backup export \
-	bench bench-idle reliability soak
+.PHONY: build run stop status logs install test lock fake
 
-## build: compile the server into bin/server (pure Go, no cgo)
+## build: build the Docker image
 build:
-	CGO_ENABLED=0 go build -trimpath -o $(BIN) ./cmd/server
+	$(COMPOSE) build
 
 ## run: build the image and start the store in the background, as you
 ## (the container runs with your uid and gid, so .data/ stays yours)
@@ -31,60 +32,28 @@ status:
 logs:
 	$(COMPOSE) logs -f
 
-## test: vet and run every test with the race detector
-test:
-	go vet ./...
-	go test -race ./...
+## install: a local virtualenv in .venv with the pinned runtime and test packages
+install: $(VENV)/.installed
 
-# Symbol management and backups: plain SQL through sqlite3, the local one if
-# installed, else the one in the running container. SYMBOL, DAY and OUT are
-# read from the environment by the script, never pasted into a command line.
-OPS = scripts/tickstore.sh
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --require-hashes -r requirements.txt
+	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.txt
+	touch $@
 
-## symbols: list symbol_settings
-symbols:
-	@$(OPS) list
+## test: lint, then every test (each with a time limit)
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -p no:cacheprovider
 
-## symbol-add SYMBOL=BTCUSDT: add (or re-enable) a symbol
-symbol-add:
-	@$(OPS) add "$$SYMBOL"
+## lock: re-pin requirements*.txt from requirements*.in (add --upgrade with UPGRADE=1)
+lock: install
+	$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+		$(if $(UPGRADE),--upgrade) -o requirements.txt requirements.in
+	$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+		$(if $(UPGRADE),--upgrade) -o requirements-dev.txt requirements-dev.in
 
-## symbol-enable SYMBOL=BTCUSDT / symbol-disable SYMBOL=BTCUSDT: resume or pause
-symbol-enable:
-	@$(OPS) enable "$$SYMBOL"
-symbol-disable:
-	@$(OPS) disable "$$SYMBOL"
-
-## symbol-remove SYMBOL=BTCUSDT: stop recording it (its table and ticks stay)
-symbol-remove:
-	@$(OPS) remove "$$SYMBOL"
-
-## backup [OUT=file]: consistent copy of the database while the store runs
-backup:
-	@$(OPS) backup $${OUT:+"$$OUT"}
-
-## export SYMBOL=BTCUSDT DAY=2026-05-01 [OUT=file.csv]: one UTC day as CSV
-export:
-	@$(OPS) export "$$SYMBOL" "$$DAY" $${OUT:+"$$OUT"}
-
-## bench: hot-function benchmarks, then the end-to-end figures of docs/BENCHMARKS.md (~10 min)
-bench:
-	go test -run '^$$' -bench . -benchtime 2s -count 3 ./internal/database/ ./internal/aggtrade/
-	go run ./cmd/bench all
-
-## bench-idle: RSS with 1,000 idle symbols (~16 min: the connection-attempt limit paces it)
-bench-idle:
-	go run ./cmd/bench idle
-
-## reliability: every fault and hostile-input scenario at full length (root for the disk-full case)
-reliability:
-	RELIABILITY_FULL=1 go test -race -count=1 -v -timeout 60m ./test/reliability/
-
-SOAK ?= 30m
-## soak: $(SOAK) at 2,000 ticks/s with random faults and SIGKILL restarts (not in CI)
-soak:
-	RELIABILITY_SOAK=$(SOAK) go test -race -count=1 -v -timeout 90m -run '^TestSoak$$' ./test/reliability/
-
-## fake: run the fake exchange on 127.0.0.1:9443, for trying the store offline
-fake:
-	go run ./cmd/fakebinance
+## fake: a fake Binance on 127.0.0.1:9443 trading BTCUSDT and ETHUSDT, to try the store offline
+fake: install
+	$(PY) -m tickd.fakebinance --port 9443 --symbols BTCUSDT,ETHUSDT
