@@ -7,7 +7,7 @@ PY        := $(VENV)/bin/python
 # Docker Compose v2 ("docker compose") if present, else the v1 binary.
 COMPOSE   ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-.PHONY: build run stop status logs install test lock fake
+.PHONY: build run stop status logs install test lock fake bench-hub
 
 ## build: build the Docker image
 build:
@@ -57,3 +57,8 @@ lock: install
 ## fake: a fake Binance on 127.0.0.1:9443 trading BTCUSDT and ETHUSDT, to try the store offline
 fake: install
 	$(PY) -m tickd.fakebinance --port 9443 --symbols BTCUSDT,ETHUSDT
+
+## bench-hub: /status latency and stream health while another program holds the write lock,
+## for the store's cooperative wait and for SQLite's busy handler on the hub (~1 min)
+bench-hub: install
+	PYTHONPATH=. $(PY) tests/bench/hub.py

@@ -99,7 +99,7 @@ class App:
         watcher.kill()
         self.watcher.stop()
         self._http.stop(timeout=1)
-        checkpoints.join(timeout=5)  # lets a checkpoint in its thread finish
+        checkpoints.join(timeout=3)  # lets a checkpoint in its thread finish
         self.db.close()
         log.info("store stopped")
 

@@ -17,7 +17,7 @@ from .stream import Stream
 
 log = logging.getLogger(__name__)
 
-STOP_TIMEOUT = 3.0  # seconds a stopped stream gets to finish its close handshake
+STOP_TIMEOUT = 2.0  # seconds a stopped stream gets to finish its close handshake
 
 
 @dataclass(frozen=True, slots=True)
