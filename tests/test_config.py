@@ -15,6 +15,9 @@ def test_defaults():
         rest_url="https://fapi.binance.com",
         poll_interval=60.0,
         stale_timeout=300.0,
+        max_age=85800.0,
+        silence_timeout=300.0,
+        rest_weight=1200,
         log_level=logging.INFO,
     )
 
@@ -27,18 +30,24 @@ def test_every_variable_is_read():
             "BINANCE_WS_URL": "ws://127.0.0.1:9/market/ws/",
             "BINANCE_REST_URL": "http://127.0.0.1:9",
             "SETTINGS_POLL_INTERVAL": "500ms",
-            "STREAM_STALE_TIMEOUT": "23h50m",
+            "STREAM_STALE_TIMEOUT": "90s",
+            "STREAM_MAX_AGE": "23h50m",
+            "STREAM_SILENCE_TIMEOUT": "2m",
+            "REST_WEIGHT_PER_MINUTE": "600",
             "LOG_LEVEL": "DEBUG",
         }
     )
     assert config == Config(
-        "/tmp/x.db",
-        0,
-        "ws://127.0.0.1:9/market/ws",
-        "http://127.0.0.1:9",
-        0.5,
-        85800.0,
-        logging.DEBUG,
+        db_path="/tmp/x.db",
+        http_port=0,
+        ws_url="ws://127.0.0.1:9/market/ws",
+        rest_url="http://127.0.0.1:9",
+        poll_interval=0.5,
+        stale_timeout=90.0,
+        max_age=85800.0,
+        silence_timeout=120.0,
+        rest_weight=600,
+        log_level=logging.DEBUG,
     )
 
 
@@ -70,6 +79,9 @@ def test_durations(text, seconds):
         ("BINANCE_WS_URL", "https://fstream.binance.com/market/ws"),
         ("BINANCE_REST_URL", "fapi.binance.com"),
         ("LOG_LEVEL", "loud"),
+        ("REST_WEIGHT_PER_MINUTE", "5000"),
+        ("REST_WEIGHT_PER_MINUTE", "10"),
+        ("STREAM_MAX_AGE", "forever"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_the_value(name, value):

@@ -18,7 +18,9 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 from . import config as configuration
 from . import logs, status
 from .database import Database
+from .limits import AttemptLimiter, WeightLimiter
 from .logs import kv
+from .rest import Rest
 from .settings import Watcher
 from .stream import Stream
 
@@ -44,6 +46,8 @@ class App:
         self.config = config
         self._clock = clock
         self.db = Database(config.db_path)
+        self.attempts = AttemptLimiter()
+        self.rest = Rest(config.rest_url, WeightLimiter(config.rest_weight))
         self.watcher = Watcher(self.db, self._make_stream, config.poll_interval)
         self._workers: list[gevent.Greenlet] = []
         self._stopping = gevent.event.Event()
@@ -59,7 +63,11 @@ class App:
             symbol,
             base_url=self.config.ws_url,
             db=self.db,
+            rest=self.rest,
+            attempts=self.attempts,
             stale_timeout=self.config.stale_timeout,
+            max_age=self.config.max_age,
+            silence_timeout=self.config.silence_timeout,
         )
 
     def start(self) -> None:
@@ -70,7 +78,12 @@ class App:
         self.db.open()
         log.info(
             "store starting %s",
-            kv(db=self.config.db_path, sqlite=sqlite3.sqlite_version, ws=self.config.ws_url),
+            kv(
+                db=self.config.db_path,
+                sqlite=sqlite3.sqlite_version,
+                ws=self.config.ws_url,
+                rest=self.config.rest_url,
+            ),
         )
         app = status.make_app(self._page, self._healthy)
         self._http = WSGIServer(

@@ -22,6 +22,9 @@ class Config:
     rest_url: str = "https://fapi.binance.com"
     poll_interval: float = 60.0
     stale_timeout: float = 300.0
+    max_age: float = 23 * 3600.0 + 50 * 60.0
+    silence_timeout: float = 300.0
+    rest_weight: int = 1200
     log_level: int = logging.INFO
 
 
@@ -63,6 +66,13 @@ def _positive_duration(text: str) -> float:
     return seconds
 
 
+def _weight(text: str) -> int:
+    # One aggTrades call weighs 20; Binance allows 2400 per minute per IP, for everything.
+    if not text.strip().isdigit() or not 20 <= int(text) <= 2400:
+        raise ValueError("not a whole number from 20 to 2400")
+    return int(text)
+
+
 def _url(*schemes: str):
     def parse(text: str) -> str:
         parts = urlsplit(text.strip())
@@ -93,6 +103,9 @@ _FIELDS = {
     "BINANCE_REST_URL": ("rest_url", _url("http", "https")),
     "SETTINGS_POLL_INTERVAL": ("poll_interval", _positive_duration),
     "STREAM_STALE_TIMEOUT": ("stale_timeout", _positive_duration),
+    "STREAM_MAX_AGE": ("max_age", _positive_duration),
+    "STREAM_SILENCE_TIMEOUT": ("silence_timeout", _positive_duration),
+    "REST_WEIGHT_PER_MINUTE": ("rest_weight", _weight),
     "LOG_LEVEL": ("log_level", _level),
 }
 

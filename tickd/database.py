@@ -56,7 +56,17 @@ def is_busy(exc: sqlite3.Error) -> bool:
 class _Tables:
     """The SQL texts of one symbol's table, built once."""
 
-    __slots__ = ("create", "first_last", "index", "insert", "max_id")
+    __slots__ = (
+        "after",
+        "before",
+        "create",
+        "first_last",
+        "ids_from",
+        "index",
+        "insert",
+        "max_id",
+        "since",
+    )
 
     def __init__(self, symbol: str):
         table = quote("prices_" + symbol)
@@ -69,6 +79,10 @@ class _Tables:
             f"SELECT (SELECT MIN(timestamp) FROM {table}), (SELECT MAX(timestamp) FROM {table})"
         )
         self.max_id = f"SELECT MAX(id) FROM {table}"
+        self.before = f"SELECT timestamp FROM {table} WHERE id < ? ORDER BY id DESC LIMIT 1"
+        self.after = f"SELECT timestamp FROM {table} WHERE id > ? ORDER BY id LIMIT 1"
+        self.since = f"SELECT id FROM {table} WHERE timestamp >= ? ORDER BY timestamp LIMIT 1"
+        self.ids_from = f"SELECT id FROM {table} WHERE id > ? ORDER BY id LIMIT ?"
 
 
 class Database:
@@ -285,6 +299,37 @@ class Database:
     def max_id(self, symbol: str) -> int | None:
         """The highest stored trade id of `symbol`, None if none. Raises sqlite3.Error."""
         return self._retry(lambda: self._conn.execute(self._sql(symbol).max_id).fetchone()[0])
+
+    def neighbour_times(self, symbol: str, first: int, last: int) -> tuple[int | None, int | None]:
+        """Timestamps of the stored ticks just before id `first` and just after id `last`."""
+        sql = self._sql(symbol)
+
+        def read():
+            before = self._conn.execute(sql.before, (first,)).fetchone()
+            after = self._conn.execute(sql.after, (last,)).fetchone()
+            return (before and before[0]), (after and after[0])
+
+        return self._retry(read)
+
+    def holes(self, symbol: str, since_ms: int, chunk: int = 20_000) -> list[tuple[int, int]]:
+        """Missing id ranges among the ticks stored since `since_ms`, by walking the primary key
+        in chunks; the Semaphore is released, and other greenlets run, between chunks."""
+        sql = self._sql(symbol)
+        row = self._retry(lambda: self._conn.execute(sql.since, (since_ms,)).fetchone())
+        if row is None:
+            return []
+        holes, previous = [], row[0]
+        while True:
+            ids = self._retry(
+                lambda p=previous: self._conn.execute(sql.ids_from, (p, chunk)).fetchall()
+            )
+            for (current,) in ids:
+                if current > previous + 1:
+                    holes.append((previous + 1, current - 1))
+                previous = current
+            if len(ids) < chunk:
+                return holes
+            self._sleep(0)
 
     def ping(self) -> None:
         """Raise sqlite3.Error unless the database answers a trivial read."""

@@ -1,4 +1,9 @@
-"""One symbol's aggTrade stream: a websocket-client connection, its read loop and its redials."""
+"""One symbol's aggTrade stream: its connections, the trades they carry, and what is missing.
+
+A Stream owns, in one gevent Group: a reader greenlet per open connection (two during a
+24-hour rotation), the symbol's repair worker, its audits and silence checks. Its `run()`
+greenlet dials, supervises and redials forever until `stop()`.
+"""
 
 from __future__ import annotations
 
@@ -11,19 +16,28 @@ from collections.abc import Callable
 import gevent
 import gevent.event
 import websocket
+from gevent.pool import Group
 from websocket._abnf import ABNF, frame_buffer
 
 from . import symbols
 from .database import Database
+from .limits import AttemptLimiter
 from .logs import Throttle, kv
+from .repair import NOT_LISTED_EVERY, Repair, Stats
+from .rest import INVALID_SYMBOL, Rest, RestError
 from .wire import BadFrame, parse_frame
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 1 << 20  # bytes; Binance's frames are a few hundred
 CONNECT_TIMEOUT = 10.0
-CLOSE_TIMEOUT = 2.0
+CLOSE_TIMEOUT = 2.0  # seconds the server gets to answer our close frame
 NO_CLOSE_FRAME = 1006  # RFC 6455's code for "closed without a close frame"
+AUDIT_WINDOW = 48 * 3600  # seconds of history Binance's REST still serves
+AUDIT_EVERY = 24 * 3600.0
+FIRST_CHECK = 15.0  # seconds after start before a silent stream is checked against REST
+ROTATION_RETRY = 10.0  # seconds before retrying a replacement connection that failed
+IN_FLIGHT_MS = 3000  # a trade younger than this may not have reached us yet
 
 
 class FrameTooLarge(websocket.WebSocketException):
@@ -77,12 +91,38 @@ class Backoff:
         return delay
 
 
-class Stream:
-    """Records one symbol: connects, stores each trade, redials forever until stopped.
+class Session:
+    """One open connection: read by its own greenlet until it closes."""
 
-    `run()` is the body of the symbol's greenlet; `stop()` (from another greenlet) sends a
-    close frame and makes `run()` return once the server answers it.
-    """
+    __slots__ = ("code", "delivered", "ended", "opened", "opened_ms", "reason", "trades", "ws")
+
+    def __init__(self, ws: websocket.WebSocket, opened: float, opened_ms: int):
+        self.ws = ws
+        self.opened = opened  # monotonic seconds
+        self.opened_ms = opened_ms  # wall clock, ms since the epoch, as Binance's trade times
+        self.trades = 0
+        self.delivered = gevent.event.Event()  # set by the first trade
+        self.ended = gevent.event.Event()
+        self.code = NO_CLOSE_FRAME
+        self.reason = ""
+
+    @property
+    def connected(self) -> bool:
+        return not self.ended.is_set()
+
+    def close(self) -> None:
+        """Send a close frame; the reader ends when the server answers (or gives up)."""
+        with contextlib.suppress(OSError, websocket.WebSocketException):
+            self.ws.send_close(websocket.STATUS_NORMAL)
+        if not self.ended.wait(CLOSE_TIMEOUT):
+            with contextlib.suppress(OSError):
+                self.ws.shutdown()  # the reader's recv fails and it ends
+            self.ended.wait(CLOSE_TIMEOUT)
+
+
+class Stream:
+    """Records one symbol. `run()` is the body of its greenlet; `stop()`, from another
+    greenlet, closes its connections (close frames) and makes `run()` return."""
 
     def __init__(
         self,
@@ -90,87 +130,189 @@ class Stream:
         *,
         base_url: str,
         db: Database,
+        rest: Rest,
+        attempts: AttemptLimiter,
         stale_timeout: float,
+        max_age: float,
+        silence_timeout: float,
         connect: Callable[[str, float], websocket.WebSocket] = dial,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ):
         self.symbol = symbol
         self.url = f"{base_url}/{symbols.stream_path(symbol)}"
-        self.connected = False
+        self.stats = Stats()
         self.trades = 0  # trades received since start
+        self.reconnects = 0
+        self.last: int | None = None  # highest id stored or queued for repair
+        self.repair = Repair(symbol, db, rest, self.stats, clock=clock)
         self._db = db
+        self._rest = rest
+        self._attempts = attempts
         self._stale_timeout = stale_timeout
+        self._max_age = max_age
+        self._silence_timeout = silence_timeout
         self._connect = connect
-        self._ws: websocket.WebSocket | None = None
+        self._clock = clock
+        self._wall = wall
+        self._sessions: list[Session] = []
+        self._group = Group()
         self._stopping = False
-        self._wake = gevent.event.Event()  # cuts a back-off wait short on stop()
-        self._throttle = Throttle(60.0, clock)
+        self._wake = gevent.event.Event()  # cuts waits short on stop()
+        self._bad_frames = Throttle(60.0, clock)
+        self._not_listed = Throttle(NOT_LISTED_EVERY, clock)
+        self._last_trade: float | None = None  # monotonic time of the last trade received
+        self._next_check = clock() + min(FIRST_CHECK, silence_timeout)  # at the earliest
+        self._checking: gevent.Greenlet | None = None
+
+    @property
+    def connected(self) -> bool:
+        return any(session.connected for session in self._sessions)
+
+    # -- the supervising greenlet -------------------------------------------------------
 
     def run(self) -> None:
-        backoff = Backoff()
-        while not self._stopping:
-            try:
-                delivered = self._session()
-            except Exception:
-                log.exception("stream failed %s", kv(symbol=self.symbol))
+        try:
+            self._resume()
+            self._group.spawn(self.repair.run)
+            self._group.spawn(self._audits)
+            backoff = Backoff()
+            while not self._stopping:
+                session = self._open()
                 delivered = False
-            if self._stopping:
-                break
-            delay = backoff.next(delivered)
-            log.info("stream reconnecting %s", kv(symbol=self.symbol, delay=f"{delay:g}s"))
-            self._wake.wait(delay)
+                if session is not None:
+                    try:
+                        delivered = self._supervise(session)
+                    except Exception:
+                        log.exception("stream failed %s", kv(symbol=self.symbol))
+                if self._stopping:
+                    break
+                self.reconnects += 1
+                delay = backoff.next(delivered)
+                log.info("stream reconnecting %s", kv(symbol=self.symbol, delay=f"{delay:g}s"))
+                self._wake.wait(delay)
+        finally:
+            self._stopping = True
+            try:
+                self._close_all()
+            finally:
+                self._group.kill()
 
     def stop(self) -> None:
-        """Ask the stream to end: no redial, and a close frame to the server if connected."""
+        """Ask the stream to end: no redial, close frames on every connection."""
         self._stopping = True
         self._wake.set()
-        ws = self._ws
-        if ws is not None and ws.connected:
-            # If this fails, the read loop sees the broken socket and ends.
-            with contextlib.suppress(OSError, websocket.WebSocketException):
-                ws.send_close(websocket.STATUS_NORMAL)
 
-    def _session(self) -> bool:
-        """One connection, from dial to close. True if it delivered at least one trade."""
+    def _close_all(self) -> None:
+        sessions = list(self._sessions)
+        for session in sessions:
+            with contextlib.suppress(OSError, websocket.WebSocketException):
+                session.ws.send_close(websocket.STATUS_NORMAL)
+        gevent.wait([session.ended for session in sessions], timeout=CLOSE_TIMEOUT)
+
+    def _resume(self) -> None:
+        """Start from the highest stored id, so the first frame reveals a restart's gap."""
+        while not self._stopping:
+            try:
+                self.last = self._db.max_id(self.symbol)
+                return
+            except Exception as exc:  # noqa: BLE001 (sqlite3.Error or a bug: both are retried)
+                log.error("cannot read last id, retrying %s", kv(symbol=self.symbol, error=exc))
+                self._wake.wait(5.0)
+
+    def _open(self) -> Session | None:
+        """Dial a new connection (after the process-wide attempt limit allows it)."""
+        self._attempts.acquire()
+        if self._stopping:
+            return None
         try:
             ws = self._connect(self.url, min(CONNECT_TIMEOUT, self._stale_timeout))
         except (OSError, websocket.WebSocketException) as exc:
             log.warning("stream connect failed %s", kv(symbol=self.symbol, error=_describe(exc)))
-            return False
-        if self._stopping:
-            _close(ws, websocket.STATUS_NORMAL)
-            return False
-        self._ws = ws
+            return None
         ws.settimeout(self._stale_timeout)
-        self.connected = True
+        session = Session(ws, self._clock(), int(self._wall() * 1000))
+        self._sessions.append(session)
+        self._group.spawn(self._read_session, session)
         log.info("stream connected %s", kv(symbol=self.symbol, url=self.url))
-        before = self.trades
-        code, reason = NO_CLOSE_FRAME, ""
-        try:
-            code = self._read(ws)
-        except websocket.WebSocketTimeoutException:
-            reason = f"nothing received for {self._stale_timeout:g}s"
-        except (OSError, websocket.WebSocketException) as exc:
-            reason = _describe(exc)
-        finally:
-            self.connected = False
-            self._ws = None
-            _close(ws, None if self._stopping else websocket.STATUS_NORMAL)
-        log.info(
-            "stream disconnected %s",
-            kv(symbol=self.symbol, code=code, error=reason or None, trades=self.trades - before),
-        )
-        return self.trades > before
+        return session
 
-    def _read(self, ws: websocket.WebSocket) -> int:
+    def _supervise(self, current: Session) -> bool:
+        """Wait while `current` (and its replacements) live: rotate at max age, check silence.
+        Returns whether the last connection delivered a trade."""
+        rotate_at = current.opened + self._max_age
+        while True:
+            now = self._clock()
+            timeout = max(0.0, min(rotate_at, self._next_check_at()) - now)
+            gevent.wait([current.ended, self._wake], count=1, timeout=timeout)
+            if self._stopping or current.ended.is_set():
+                return current.delivered.is_set()
+            now = self._clock()
+            if now >= self._next_check_at():
+                self._start_check(current)
+            if now >= rotate_at:
+                replacement = self._rotate(current)
+                if replacement is None:
+                    rotate_at = now + ROTATION_RETRY
+                else:
+                    current, rotate_at = replacement, replacement.opened + self._max_age
+
+    def _rotate(self, old: Session) -> Session | None:
+        """Open the replacement first; close `old` once the new one has delivered (or `old`
+        ended on its own). During the overlap both store trades; ids make that harmless."""
+        log.info(
+            "stream rotating %s", kv(symbol=self.symbol, age=f"{self._clock() - old.opened:.0f}s")
+        )
+        new = self._open()
+        if new is None:
+            return None
+        # A quiet market may not trade for a while: after the stale timeout, the new
+        # connection's pings are proof enough.
+        events = [new.delivered, new.ended, old.ended, self._wake]
+        gevent.wait(events, count=1, timeout=self._stale_timeout)
+        if new.ended.is_set():
+            return None
+        if not old.ended.is_set():
+            old.close()
+        return new
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _read_session(self, session: Session) -> None:
+        try:
+            session.code = self._read(session)
+        except websocket.WebSocketTimeoutException:
+            session.reason = f"nothing received for {self._stale_timeout:g}s"
+        except (OSError, websocket.WebSocketException) as exc:
+            session.reason = _describe(exc)
+        finally:
+            with contextlib.suppress(OSError, websocket.WebSocketException):
+                if session.ws.connected and not self._stopping:
+                    session.ws.send_close(websocket.STATUS_NORMAL)
+            with contextlib.suppress(OSError):
+                session.ws.shutdown()
+            self._sessions.remove(session)
+            session.ended.set()
+            log.info(
+                "stream disconnected %s",
+                kv(
+                    symbol=self.symbol,
+                    code=session.code,
+                    error=session.reason or None,
+                    trades=session.trades,
+                ),
+            )
+
+    def _read(self, session: Session) -> int:
         """Store every trade until the server closes; returns the close code."""
+        ws = session.ws
         parts: list[bytes] = []
         size = 0
         while True:
             frame = ws.recv_frame()
             opcode = frame.opcode
             if opcode == ABNF.OPCODE_TEXT and frame.fin:
-                self._handle(frame.data)
+                self._handle(session, frame.data)
             elif opcode == ABNF.OPCODE_PING:
                 ws.pong(frame.data)
             elif opcode == ABNF.OPCODE_CLOSE:
@@ -182,14 +324,14 @@ class Stream:
                     raise FrameTooLarge(f"message of more than {MAX_MESSAGE} bytes")
                 parts.append(frame.data)
                 if frame.fin:
-                    self._handle(b"".join(parts))
+                    self._handle(session, b"".join(parts))
                     parts, size = [], 0
 
-    def _handle(self, data: bytes) -> None:
+    def _handle(self, session: Session, data: bytes) -> None:
         try:
             tick = parse_frame(data, self.symbol)
         except BadFrame as exc:
-            held = self._throttle.allow(str(exc))
+            held = self._bad_frames.allow(str(exc))
             if held is not None:
                 log.warning(
                     "frame skipped %s",
@@ -199,24 +341,87 @@ class Stream:
         if tick is None:
             return
         self.trades += 1
-        self._db.insert(self.symbol, tick)
+        session.trades += 1
+        if session.trades == 1:
+            session.delivered.set()
+        self._last_trade = self._clock()
+        trade_id, last = tick.id, self.last
+        if last is None or trade_id > last:
+            self.last = trade_id  # before the write, which may wait: the other connection
+            if last is not None and trade_id > last + 1:  # of a rotation sees it at once
+                self._gap(last + 1, trade_id - 1, "stream")
+        if not self._db.insert(self.symbol, tick):
+            self.stats.write_errors += 1
+            self.repair.add(trade_id, trade_id)
+
+    def _gap(self, first: int, last: int, found_by: str) -> None:
+        self.stats.gaps_found += 1
+        log.info(
+            "gap found %s",
+            kv(symbol=self.symbol, ids=f"{first}-{last}", count=last - first + 1, by=found_by),
+        )
+        self.repair.add(first, last)
+
+    # -- audits and silence checks ---------------------------------------------------------
+
+    def _audits(self) -> None:
+        """At start and then daily: queue the holes among the ids of the last 48 hours, so a
+        repair cut short by a restart is not forgotten."""
+        while True:
+            since = int((self._wall() - AUDIT_WINDOW) * 1000)
+            try:
+                for first, last in self._db.holes(self.symbol, since):
+                    self._gap(first, last, "audit")
+            except Exception as exc:  # noqa: BLE001 (sqlite3.Error or a bug: retried tomorrow)
+                log.error("audit failed %s", kv(symbol=self.symbol, error=exc))
+            gevent.sleep(AUDIT_EVERY)
+
+    def _next_check_at(self) -> float:
+        """When a silence check is due: after STREAM_SILENCE_TIMEOUT without a trade (soon
+        after start if none came yet), and never sooner than a timeout after the last check."""
+        if self._last_trade is None:
+            return self._next_check
+        return max(self._last_trade + self._silence_timeout, self._next_check)
+
+    def _start_check(self, session: Session) -> None:
+        self._next_check = self._clock() + self._silence_timeout
+        if self._checking is None or self._checking.dead:
+            self._checking = self._group.spawn(self._check, session)
+
+    def _check(self, session: Session) -> None:
+        """Ask REST for the latest trade. One we never received that happened after the
+        connection opened means the connection is dead: close it (the redial follows) and
+        repair. One from before it is a gap left by a restart: repair it."""
+        try:
+            trades = self._rest.agg_trades(self.symbol, limit=1)
+        except RestError as exc:
+            if exc.code == INVALID_SYMBOL:
+                if self._not_listed.allow("not listed") is not None:
+                    log.error(
+                        "symbol not listed on Binance USD-M futures %s", kv(symbol=self.symbol)
+                    )
+            else:
+                log.warning("silence check failed %s", kv(symbol=self.symbol, error=exc))
+            return
+        last, latest = self.last, trades[-1] if trades else None
+        if latest is None or (last is not None and latest.id <= last):
+            return
+        if last is not None:
+            self.last = latest.id
+            self._gap(last + 1, latest.id, "silence check")
+        # A trade of the last few seconds may still be on its way to us over the socket.
+        recent = self._wall() * 1000 - IN_FLIGHT_MS
+        if session.opened_ms < latest.timestamp < recent and session.connected:
+            log.warning(
+                "stream silent while Binance trades, reconnecting %s",
+                kv(symbol=self.symbol, latest=latest.id),
+            )
+            session.close()
 
 
 def _close_code(payload: bytes) -> int:
     return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
 
 
-def _close(ws: websocket.WebSocket, status: int | None) -> None:
-    """Close the socket; send a close frame first unless one was already sent (status None)."""
-    try:
-        if status is not None and ws.connected:
-            ws.send_close(status)
-    except (OSError, websocket.WebSocketException):
-        pass
-    with contextlib.suppress(OSError):
-        ws.shutdown()
-
-
 def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return symbols.display(text, 200)
+    return symbols.display(str(exc) or type(exc).__name__, 200)

@@ -1,0 +1,222 @@
+"""Gap repair: the ids a symbol is missing, fetched over REST and stored, oldest first."""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+import gevent
+import gevent.event
+
+from .database import Database
+from .logs import Throttle, kv
+from .rest import INVALID_SYMBOL, OUT_OF_WINDOW, Rest, RestError
+from .status import format_time
+
+log = logging.getLogger(__name__)
+
+RETRY_FIRST = 1.0
+RETRY_CAP = 300.0  # seconds; a gap is retried for as long as it can be filled
+EMPTY_ANSWERS = 10  # empty pages in a row for ids known to exist: Binance will not serve them
+NOT_LISTED_EVERY = 3600.0  # seconds between "not listed" lines for one symbol
+
+
+class Gaps:
+    """Disjoint, sorted, inclusive id ranges."""
+
+    __slots__ = ("_firsts", "_lasts")
+
+    def __init__(self) -> None:
+        self._firsts: list[int] = []
+        self._lasts: list[int] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._firsts)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(zip(self._firsts, self._lasts, strict=True))
+
+    def count(self) -> int:
+        """How many ids are missing."""
+        return sum(last - first + 1 for first, last in self)
+
+    def first(self) -> tuple[int, int]:
+        return self._firsts[0], self._lasts[0]
+
+    def add(self, first: int, last: int) -> None:
+        """Add ids first..last, merging with ranges they touch or overlap."""
+        if first > last:
+            return
+        i = bisect.bisect_left(self._lasts, first - 1)
+        j = bisect.bisect_right(self._firsts, last + 1)
+        if i < j:
+            first = min(first, self._firsts[i])
+            last = max(last, self._lasts[j - 1])
+        self._firsts[i:j] = [first]
+        self._lasts[i:j] = [last]
+
+    def remove(self, first: int, last: int) -> None:
+        """Remove ids first..last, splitting a range that holds them in part."""
+        if first > last:
+            return
+        i = bisect.bisect_left(self._lasts, first)
+        j = bisect.bisect_right(self._firsts, last)
+        keep_firsts, keep_lasts = [], []
+        if i < j and self._firsts[i] < first:
+            keep_firsts.append(self._firsts[i])
+            keep_lasts.append(first - 1)
+        if i < j and self._lasts[j - 1] > last:
+            keep_firsts.append(last + 1)
+            keep_lasts.append(self._lasts[j - 1])
+        self._firsts[i:j] = keep_firsts
+        self._lasts[i:j] = keep_lasts
+
+
+class Stats:
+    """Per-symbol counters, for logs now and the metrics page later."""
+
+    __slots__ = ("gaps_filled", "gaps_found", "ids_repaired", "ids_unfillable", "write_errors")
+
+    def __init__(self) -> None:
+        self.gaps_found = self.gaps_filled = 0
+        self.ids_repaired = self.ids_unfillable = self.write_errors = 0
+
+
+class Repair:
+    """One symbol's repair queue and the body of its worker greenlet (`run`).
+
+    `add(first, last)` queues ids; the worker fetches pages of up to 1000 trades from the
+    oldest queued id, stores each page in one transaction, and removes from the queue every
+    id the page accounts for (stored, or absent from Binance's own history). Failures are
+    retried with a doubling delay up to 5 minutes; only ids Binance no longer serves
+    (older than its REST window, about 48 h) are given up, and logged as unfillable.
+    """
+
+    def __init__(
+        self,
+        symbol: str,
+        db: Database,
+        rest: Rest,
+        stats: Stats,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.symbol = symbol
+        self.gaps = Gaps()
+        self.stats = stats
+        self._db = db
+        self._rest = rest
+        self._clock = clock
+        self._wake = gevent.event.Event()
+        self._not_listed = Throttle(NOT_LISTED_EVERY, clock)
+        self._started: float | None = None  # when the queue last became non-empty
+        self._repaired_since = 0
+
+    def add(self, first: int, last: int) -> None:
+        if first > last:
+            return
+        if not self.gaps:
+            self._started, self._repaired_since = self._clock(), 0
+        self.gaps.add(first, last)
+        self._wake.set()
+
+    def run(self) -> None:
+        delay, empty = RETRY_FIRST, 0
+        while True:
+            if not self.gaps:
+                self._wake.clear()
+                self._wake.wait()
+                continue
+            first, last = self.gaps.first()
+            try:
+                served = self._page(first, last)
+            except RestError as exc:
+                served = exc.code == OUT_OF_WINDOW and self._give_up_old(first, last)
+                if not served:
+                    self._log_failure(exc)
+            else:
+                empty = 0 if served else empty + 1
+                if empty >= EMPTY_ANSWERS:
+                    self._unfillable(first, last, "Binance serves no trade from this id")
+                    served, empty = True, 0
+            if served:
+                delay = RETRY_FIRST
+                self._report_progress()
+                gevent.sleep(0)  # other greenlets run between pages
+            else:
+                gevent.sleep(delay)
+                delay = min(delay * 2, RETRY_CAP)
+
+    def _page(self, first: int, last: int) -> bool:
+        """Fetch and store one page from `first`. False if it could not be stored or was empty."""
+        ticks = self._rest.agg_trades(self.symbol, from_id=first)
+        ticks = [tick for tick in ticks if tick.id >= first]
+        if not ticks:
+            return False
+        if not self._db.insert_many(self.symbol, ticks):
+            self.stats.write_errors += 1
+            return False
+        # Every id from `first` to the page's last one is now stored or never existed:
+        # the answer lists consecutive trades, so an id it skips is a hole in Binance's history.
+        covered = ticks[-1].id
+        queued = sum(min(b, covered) - max(a, first) + 1 for a, b in self.gaps if a <= covered)
+        self.gaps.remove(first, covered)
+        self.stats.ids_repaired += queued
+        self._repaired_since += queued
+        return True
+
+    def _report_progress(self) -> None:
+        if not self.gaps and self._started is not None:
+            self.stats.gaps_filled += 1
+            log.info(
+                "gap filled %s",
+                kv(
+                    symbol=self.symbol,
+                    ids=self._repaired_since,
+                    seconds=f"{self._clock() - self._started:.1f}",
+                ),
+            )
+            self._started = None
+
+    def _give_up_old(self, first: int, last: int) -> bool:
+        """`first` is older than Binance's REST window: find the first id it still serves
+        (bisection, about 30 calls for a billion ids) and give up only the ids before it.
+        False if a call failed otherwise (the caller retries later)."""
+        lo, hi = first, last + 1  # lo is not served; hi is served, or just past the gap
+        probe = last  # the gap's last id first: often nothing of the gap is served at all
+        while probe is not None:
+            try:
+                self._rest.agg_trades(self.symbol, from_id=probe, limit=1)
+                hi = probe
+            except RestError as exc:
+                if exc.code != OUT_OF_WINDOW:
+                    return False
+                lo = probe
+            probe = (lo + hi) // 2 if lo + 1 < hi else None
+        self._unfillable(first, hi - 1, "older than Binance's REST window")
+        return True
+
+    def _unfillable(self, first: int, last: int, reason: str) -> None:
+        before, after = self._db.neighbour_times(self.symbol, first, last)
+        self.gaps.remove(first, last)
+        self.stats.ids_unfillable += last - first + 1
+        log.error(
+            "unfillable gap %s",
+            kv(
+                symbol=self.symbol,
+                ids=f"{first}-{last}",
+                count=last - first + 1,
+                after=format_time(before) if before else "?",
+                before=format_time(after) if after else "?",
+                reason=reason,
+            ),
+        )
+
+    def _log_failure(self, exc: RestError) -> None:
+        if exc.code == INVALID_SYMBOL:
+            if self._not_listed.allow("not listed") is not None:
+                log.error("symbol not listed on Binance USD-M futures %s", kv(symbol=self.symbol))
+            return
+        log.warning("repair failed, retrying %s", kv(symbol=self.symbol, error=exc))
