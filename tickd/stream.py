@@ -94,13 +94,24 @@ class Backoff:
 class Session:
     """One open connection: read by its own greenlet until it closes."""
 
-    __slots__ = ("code", "delivered", "ended", "opened", "opened_ms", "reason", "trades", "ws")
+    __slots__ = (
+        "code",
+        "delivered",
+        "ended",
+        "last_id",
+        "opened",
+        "opened_ms",
+        "reason",
+        "trades",
+        "ws",
+    )
 
     def __init__(self, ws: websocket.WebSocket, opened: float, opened_ms: int):
         self.ws = ws
         self.opened = opened  # monotonic seconds
         self.opened_ms = opened_ms  # wall clock, ms since the epoch, as Binance's trade times
         self.trades = 0
+        self.last_id = 0  # the highest trade id this connection delivered
         self.delivered = gevent.event.Event()  # set by the first trade
         self.ended = gevent.event.Event()
         self.code = NO_CLOSE_FRAME
@@ -345,11 +356,19 @@ class Stream:
         if session.trades == 1:
             session.delivered.set()
         self._last_trade = self._clock()
-        trade_id, last = tick.id, self.last
+        trade_id, previous, last = tick.id, session.last_id, self.last
+        if trade_id > previous:
+            session.last_id = trade_id
         if last is None or trade_id > last:
-            self.last = trade_id  # before the write, which may wait: the other connection
-            if last is not None and trade_id > last + 1:  # of a rotation sees it at once
-                self._gap(last + 1, trade_id - 1, "stream")
+            self.last = trade_id  # before the write, which may wait
+        # Ids missing between two trades of one connection, or between what we had and the
+        # first trade of a connection opened alone (a reconnect, a restart). During a
+        # rotation the other connection still delivers those ids, maybe a moment later.
+        if previous:
+            if trade_id > previous + 1:
+                self._gap(previous + 1, trade_id - 1, "stream")
+        elif last is not None and trade_id > last + 1 and len(self._sessions) == 1:
+            self._gap(last + 1, trade_id - 1, "stream")
         if not self._db.insert(self.symbol, tick):
             self.stats.write_errors += 1
             self.repair.add(trade_id, trade_id)
@@ -403,15 +422,17 @@ class Stream:
             else:
                 log.warning("silence check failed %s", kv(symbol=self.symbol, error=exc))
             return
-        last, latest = self.last, trades[-1] if trades else None
-        if latest is None or (last is not None and latest.id <= last):
+        if not trades:
             return
-        if last is not None:
+        latest, last = trades[-1], self.last
+        if last is not None and latest.id > last:
             self.last = latest.id
             self._gap(last + 1, latest.id, "silence check")
-        # A trade of the last few seconds may still be on its way to us over the socket.
+        # Dead: Binance traded after this connection opened, and the trade never came (one of
+        # the last few seconds may still be on its way).
         recent = self._wall() * 1000 - IN_FLIGHT_MS
-        if session.opened_ms < latest.timestamp < recent and session.connected:
+        missed = latest.id > session.last_id and session.opened_ms < latest.timestamp < recent
+        if missed and session.connected:
             log.warning(
                 "stream silent while Binance trades, reconnecting %s",
                 kv(symbol=self.symbol, latest=latest.id),
