@@ -196,3 +196,26 @@ def test_rest_calls_wait_out_a_429(fake, make_store):
     wait_complete(store, fake, "BTCUSDT", 15)
     first, second = (t for t, _ in fake.rest_calls()[:2])
     assert second - first >= 2.0
+
+
+def test_holes_left_by_an_interrupted_repair_are_found_by_the_audit_at_start(fake, make_store):
+    store = start_recording(make_store(), fake)
+    trade(fake, "BTCUSDT", 100)
+    wait_complete(store, fake, "BTCUSDT")
+    assert store.terminate() == 0
+    ids = [t["a"] for t in fake.history("BTCUSDT")]
+    store.sql('DELETE FROM "prices_BTCUSDT" WHERE id BETWEEN ? AND ?', (ids[40], ids[59]))
+    store.sql('DELETE FROM "prices_BTCUSDT" WHERE id = ?', (ids[80],))
+    store.start()  # no new trade: only the audit can find these
+    wait_complete(store, fake, "BTCUSDT")
+    assert f"ids={ids[40]}-{ids[59]} count=20 by=audit" in store.log()
+    assert f"ids={ids[80]}-{ids[80]} count=1 by=audit" in store.log()
+
+
+def test_an_unlisted_symbol_is_reported_by_the_silence_check_and_kept(fake, make_store):
+    store = make_store(STREAM_SILENCE_TIMEOUT="1s").start()
+    store.sql("INSERT INTO symbol_settings (symbol) VALUES ('NOPEUSDT')")
+    wait_for(lambda: store.find("symbol not listed on Binance USD-M futures symbol=NOPEUSDT"), 5)
+    wait_for(lambda: len(fake.rest_calls()) >= 3, 5, "more checks")
+    assert store.log().count("symbol not listed") == 1  # at most once an hour
+    assert fake.connections("NOPEUSDT") == 1  # no validation: it keeps listening

@@ -2,6 +2,7 @@
 
 import itertools
 import logging
+import time
 
 import gevent
 import pytest
@@ -143,3 +144,13 @@ def test_a_429_blocks_every_call_until_retry_after(fake):
     (first, _), (second, _) = fake.rest_calls()
     assert second - first >= 1.0
     assert limiter.total == 40
+
+
+def test_a_418_stops_every_call_for_two_minutes_at_least(fake):
+    limiter = WeightLimiter(2400)
+    rest = Rest(fake.rest_url, limiter)
+    fake.rest_fault(418, 1, retry_after=5)
+    with pytest.raises(RestError) as info:
+        rest.agg_trades("BTCUSDT", limit=1)
+    assert info.value.status == 418
+    assert limiter.delay(time.time(), 20) >= 119
