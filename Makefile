@@ -25,7 +25,7 @@ stop:
 
 ## status: print the status page, or say that the store is not running
 status:
-	@curl -s --max-time 5 http://localhost:$(HTTP_PORT)/status || \
+	@curl -sf --max-time 5 http://localhost:$(HTTP_PORT)/status || \
 		printf 'Binance Tick Store\n\nStatus:     stopped (connection refused)\n'
 
 ## logs: follow the container's logs
@@ -47,12 +47,12 @@ test: install
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -p no:cacheprovider
 
-## lock: re-pin requirements*.txt from requirements*.in (add --upgrade with UPGRADE=1)
+## lock: re-pin requirements*.txt from requirements*.in (UPGRADE=1 to take newer releases)
+PIP_COMPILE = $(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	--no-emit-index-url --no-emit-find-links $(if $(UPGRADE),--upgrade)
 lock: install
-	$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
-		$(if $(UPGRADE),--upgrade) -o requirements.txt requirements.in
-	$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
-		$(if $(UPGRADE),--upgrade) -o requirements-dev.txt requirements-dev.in
+	$(PIP_COMPILE) -o requirements.txt requirements.in
+	$(PIP_COMPILE) -o requirements-dev.txt requirements-dev.in
 
 ## fake: a fake Binance on 127.0.0.1:9443 trading BTCUSDT and ETHUSDT, to try the store offline
 fake: install

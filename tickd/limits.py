@@ -37,6 +37,7 @@ class AttemptLimiter:
         self._sleep = sleep
         self._times: collections.deque[float] = collections.deque(maxlen=max(n for n, _ in windows))
         self._turn = Semaphore()  # gevent wakes waiters in the order they came
+        self.total = 0  # attempts since start
 
     def delay(self, now: float) -> float:
         """Seconds from `now` until one more attempt fits in every window."""
@@ -53,6 +54,7 @@ class AttemptLimiter:
             while (wait := self.delay(self._clock())) > 0:
                 self._sleep(wait)
             self._times.append(self._clock())
+            self.total += 1
 
 
 class WeightLimiter:

@@ -29,9 +29,12 @@ def setup(level: int, stream: TextIO) -> logging.Handler:
 
 
 def kv(**context: object) -> str:
-    """`key=value` pairs for the end of a log line; values with spaces or quotes are repr'd."""
+    """`key=value` pairs for the end of a log line; values with spaces or quotes are repr'd,
+    None values are left out."""
     parts = []
     for key, value in context.items():
+        if value is None:
+            continue
         text = str(value)
         if not text or not text.isprintable() or any(c in text for c in ' "='):
             text = ascii(text) if not text.isprintable() else repr(text)

@@ -154,6 +154,7 @@ class Stream:
         self.url = f"{base_url}/{symbols.stream_path(symbol)}"
         self.stats = Stats()
         self.trades = 0  # trades received since start
+        self.last_timestamp: int | None = None  # trade time (ms) of the newest trade received
         self.reconnects = 0
         self.last: int | None = None  # highest id stored or queued for repair
         self.repair = Repair(symbol, db, rest, self.stats, clock=clock)
@@ -361,6 +362,7 @@ class Stream:
             session.last_id = trade_id
         if last is None or trade_id > last:
             self.last = trade_id  # before the write, which may wait
+            self.last_timestamp = tick.timestamp
         # Ids missing between two trades of one connection, or between what we had and the
         # first trade of a connection opened alone (a reconnect, a restart). During a
         # rotation the other connection still delivers those ids, maybe a moment later.
