@@ -18,10 +18,16 @@ from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 from tickd.fakebinance import FakeBinance  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# make reliability runs the property tests with many more examples.
+settings.register_profile("full", max_examples=20_000, deadline=None)
+if os.environ.get("RELIABILITY_FULL") == "1":
+    settings.load_profile("full")
 
 # The hub's event loop and thread pool open descriptors once per process, on first use:
 # open them now, so the leak check below sees only what a test itself leaves behind.
@@ -97,10 +103,11 @@ class Store:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=5)
+        if self._reader:
+            self._reader.join(timeout=5)  # the pipe is at its end once the process is gone
+            self._reader.kill()
         if self.proc:
             self.proc.stdout.close()
-        if self._reader:
-            self._reader.kill()
 
     def get(self, path, timeout=5):
         """(status, body) of an HTTP GET to the store."""
@@ -132,6 +139,31 @@ class Store:
         return self.sql(f"SELECT id, timestamp, price FROM {table} ORDER BY id")
 
 
+def rows(store, symbol):
+    """The stored (id, timestamp, price) of `symbol`, by id; [] if it has no table yet."""
+    try:
+        return store.rows(symbol)
+    except sqlite3.OperationalError:
+        return []
+
+
+def expected_from_first_stored(store, fake, symbol):
+    stored = rows(store, symbol)
+    if not stored:
+        return None
+    return [(t["a"], t["T"], float(t["p"])) for t in fake.history(symbol) if t["a"] >= stored[0][0]]
+
+
+def complete(store, fake, symbol):
+    """True if `symbol`'s table holds exactly the exchange's trades from its first stored id."""
+    stored = rows(store, symbol)
+    return bool(stored) and stored == expected_from_first_stored(store, fake, symbol)
+
+
+def wait_complete(store, fake, symbol, timeout=15):
+    wait_for(lambda: complete(store, fake, symbol), timeout, f"every id of {symbol}")
+
+
 def _live_greenlets():
     return {g for g in gc.get_objects() if isinstance(g, gevent.Greenlet) and not g.dead}
 
@@ -157,6 +189,13 @@ def no_leaks():
 def fake():
     with FakeBinance(ping_interval=1.0) as exchange:
         yield exchange
+
+
+def process_usage(pid):
+    """(resident memory in bytes, open descriptors) of a process."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+    return rss_kb * 1024, len(os.listdir(f"/proc/{pid}/fd"))
 
 
 @pytest.fixture

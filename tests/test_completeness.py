@@ -10,35 +10,11 @@ import time
 
 import gevent
 import pytest
-from conftest import wait_for
 
+from conftest import rows, wait_complete, wait_for
 from tickd.fakebinance import FakeBinance
 
 pytestmark = pytest.mark.slow
-
-
-def rows(store, symbol):
-    try:
-        return store.rows(symbol)
-    except sqlite3.OperationalError:
-        return []
-
-
-def expected_from_first_stored(store, fake, symbol):
-    stored = rows(store, symbol)
-    if not stored:
-        return None
-    return [(t["a"], t["T"], float(t["p"])) for t in fake.history(symbol) if t["a"] >= stored[0][0]]
-
-
-def complete(store, fake, symbol):
-    stored = rows(store, symbol)
-    return bool(stored) and stored == expected_from_first_stored(store, fake, symbol)
-
-
-def wait_complete(store, fake, symbol, timeout=15):
-    wait_for(lambda: complete(store, fake, symbol), timeout, f"every id of {symbol}")
-    assert len(fake.history(symbol)) - len(rows(store, symbol)) < len(fake.history(symbol))
 
 
 def trade(fake, symbol, n):

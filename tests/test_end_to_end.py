@@ -6,6 +6,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+
 from conftest import wait_for
 
 pytestmark = pytest.mark.slow

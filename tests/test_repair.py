@@ -6,10 +6,10 @@ import time
 
 import gevent
 import pytest
-from conftest import wait_for
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import wait_for
 from tickd.database import Database
 from tickd.fakebinance import FakeBinance
 from tickd.limits import WeightLimiter
