@@ -7,7 +7,8 @@ PY        := $(VENV)/bin/python
 # Docker Compose v2 ("docker compose") if present, else the v1 binary.
 COMPOSE   ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-.PHONY: build run stop status logs install test lock fake bench-hub
+.PHONY: build run stop status logs install test lock fake bench bench-hub reliability soak \
+	symbols symbol-add symbol-enable symbol-disable symbol-remove backup export
 
 ## build: build the Docker image
 build:
@@ -62,3 +63,48 @@ fake: install
 ## for the store's cooperative wait and for SQLite's busy handler on the hub (~1 min)
 bench-hub: install
 	PYTHONPATH=. $(PY) tests/bench/hub.py
+
+## bench: the figures of docs/BENCHMARKS.md, peers included, in one run (long; not in CI)
+bench: install
+	PYTHONPATH=. $(PY) tests/bench/run.py
+
+## reliability: every fault scenario of docs/RELIABILITY.md at full length (long; not in CI)
+reliability: install
+	RELIABILITY_FULL=1 $(PY) -m pytest -p no:cacheprovider -o timeout=3600 -v -s \
+		tests/reliability tests/test_wire.py tests/test_symbols.py --hypothesis-show-statistics
+
+## soak: 30 minutes at realistic load with random faults (not in CI)
+soak: install
+	RELIABILITY_SOAK=1800 $(PY) -m pytest -p no:cacheprovider -o timeout=3600 -v \
+		tests/reliability/test_soak.py
+
+# Symbol management, backups and exports: plain SQL through tickd.admin, with the local
+# virtualenv if there is one, else inside the running container. Arguments come from the
+# environment (SYMBOL, DAY, OUT) and are passed as single arguments, never pasted into SQL.
+ADMIN = $(if $(wildcard $(PY)),$(PY) -m tickd.admin,$(COMPOSE) exec -T tick-store python -m tickd.admin)
+
+## symbols: list symbol_settings
+symbols:
+	@$(ADMIN) symbols
+
+## symbol-add SYMBOL=BTCUSDT: add a symbol (or enable it again)
+symbol-add:
+	@$(ADMIN) add "$$SYMBOL"
+
+## symbol-enable SYMBOL=BTCUSDT / symbol-disable SYMBOL=BTCUSDT: resume or pause
+symbol-enable:
+	@$(ADMIN) enable "$$SYMBOL"
+symbol-disable:
+	@$(ADMIN) disable "$$SYMBOL"
+
+## symbol-remove SYMBOL=BTCUSDT: stop recording it (its table and ticks stay)
+symbol-remove:
+	@$(ADMIN) remove "$$SYMBOL"
+
+## backup [OUT=file]: a consistent copy of the database while the store runs
+backup:
+	@$(ADMIN) backup $${OUT:+"$$OUT"}
+
+## export SYMBOL=BTCUSDT DAY=2026-11-30 [OUT=file.csv]: one UTC day of ticks as CSV
+export:
+	@$(ADMIN) export "$$SYMBOL" "$$DAY" $${OUT:+"$$OUT"}

@@ -12,11 +12,12 @@ from typing import TextIO
 
 import gevent
 import gevent.event
+import prometheus_client
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from . import config as configuration
-from . import logs, status
+from . import logs, metrics, status
 from .database import Database
 from .limits import AttemptLimiter, WeightLimiter
 from .logs import kv
@@ -28,14 +29,16 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_INTERVAL = 1.0  # seconds between WAL checkpoints (in a worker thread)
 HTTP_CONNECTIONS = 256  # concurrent HTTP connections; more wait in the listen backlog
-HTTP_TIMEOUT = 10.0  # seconds a client may take to send its request
+HTTP_TIMEOUT = 10.0  # seconds a client may stay silent
+HTTP_DEADLINE = 30.0  # seconds a connection may last in all
 
 
 class _TimedHandler(WSGIHandler):
-    # A client that connects and sends nothing (or one byte a minute) is cut off.
+    # A client that connects and sends nothing, or one byte every few seconds, is cut off.
     def handle(self) -> None:
         self.socket.settimeout(HTTP_TIMEOUT)
-        super().handle()
+        with gevent.Timeout(HTTP_DEADLINE, False):
+            super().handle()
 
 
 class App:
@@ -85,7 +88,18 @@ class App:
                 rest=self.config.rest_url,
             ),
         )
-        app = status.make_app(self._page, self._healthy)
+        registry = metrics.registry(
+            metrics.StoreCollector(
+                streams=self.watcher.streams,
+                weight=self.rest.weight,
+                attempts=self.attempts,
+                db=self.db,
+                uptime=lambda: self._clock() - self.started,
+            )
+        )
+        app = status.make_app(
+            self._page, self._healthy, lambda: prometheus_client.generate_latest(registry)
+        )
         self._http = WSGIServer(
             ("0.0.0.0", self.config.http_port),  # noqa: S104 (in Docker, the port is published)
             app,

@@ -105,6 +105,11 @@ class WeightLimiter:
             self.used += weight
             self.total += weight
 
+    def used_now(self) -> int:
+        """Weight counted in the current UTC minute (0 once a quiet minute has begun)."""
+        self._roll(self._clock())
+        return self.used
+
     def observe(self, used: int) -> None:
         """Binance says `used` weight was spent this minute (by us and anyone on our IP)."""
         self._roll(self._clock())

@@ -75,7 +75,7 @@ class Gaps:
 
 
 class Stats:
-    """Per-symbol counters, for logs now and the metrics page later."""
+    """Per-symbol counters, for logs and /metrics."""
 
     __slots__ = ("gaps_filled", "gaps_found", "ids_repaired", "ids_unfillable", "write_errors")
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import bottle
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import symbols
 from .database import Database
@@ -105,8 +106,11 @@ def collect(
     return rows
 
 
-def make_app(page: Callable[[], str], healthy: Callable[[], bool]) -> bottle.Bottle:
-    """A Bottle app with GET /status (the page) and GET /healthz; everything else 404/405."""
+def make_app(
+    page: Callable[[], str], healthy: Callable[[], bool], metrics: Callable[[], bytes]
+) -> bottle.Bottle:
+    """A Bottle app with GET /status (the page), GET /healthz and GET /metrics (Prometheus
+    text exposition); everything else 404/405."""
     app = bottle.Bottle(catchall=True, autojson=False)
 
     @app.get("/status")
@@ -122,6 +126,12 @@ def make_app(page: Callable[[], str], healthy: Callable[[], bool]) -> bottle.Bot
             return "ok\n"
         bottle.response.status = 503
         return "database unavailable\n"
+
+    @app.get("/metrics")
+    def metrics_page() -> bytes:
+        bottle.response.content_type = CONTENT_TYPE_LATEST
+        bottle.response.set_header("Cache-Control", "no-store")
+        return metrics()
 
     def plain_error(error: bottle.HTTPError) -> str:
         error.content_type = "text/plain; charset=utf-8"

@@ -1,0 +1,323 @@
+"""`python -m tickd.admin`: symbol settings, online backups and CSV day exports, from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import calendar
+import contextlib
+import csv
+import datetime
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TextIO
+from urllib.request import pathname2url
+
+from . import config, symbols
+from .database import SETTINGS_DDL, quote
+from .settings import read_rows
+from .status import NAME_WIDTH, STATE_WIDTH, width
+
+BUSY_TIMEOUT = 5.0  # seconds a statement waits for the store's write lock
+DAY_MS = 86_400_000
+AT_NEXT_POLL = "the store applies it at its next settings poll"
+
+
+class Failure(Exception):
+    """A command that cannot be done: a one-line message for stderr and the exit status."""
+
+    def __init__(self, message: str, status: int = 1):
+        super().__init__(message)
+        self.status = status
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Run one command; the exit status: 0 done, 1 failed, 2 bad arguments."""
+    environ = os.environ if environ is None else environ
+    stdout = sys.stdout if stdout is None else stdout
+    stderr = sys.stderr if stderr is None else stderr
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the usage or the help
+        return exc.code
+    try:
+        db_path = config.load(environ).db_path
+        with contextlib.closing(connect(db_path)) as conn:
+            args.run(conn, args, db_path, stdout)
+    except config.ConfigError as exc:
+        print(exc, file=stderr)
+        return 2
+    except Failure as exc:
+        print(exc, file=stderr)
+        return exc.status
+    except sqlite3.Error as exc:
+        print(f"database error: {exc}", file=stderr)
+        return 1
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tickd.admin",
+        description="Manage the store's symbols, back up its database, export ticks. "
+        "The database is DB_PATH (default ./.data/ticks.db); it must exist.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("symbols", help="list symbol_settings").set_defaults(run=list_symbols)
+    for name, run, text in (
+        ("add", add, "add a symbol, or enable it again"),
+        ("enable", set_enabled, "resume recording a symbol"),
+        ("disable", set_enabled, "pause recording a symbol"),
+        ("remove", remove, "stop recording a symbol (its table and ticks stay)"),
+    ):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("symbol", metavar="SYMBOL")
+        command.set_defaults(run=run)
+    command = commands.add_parser("backup", help="a consistent copy, while the store runs")
+    command.add_argument("out", metavar="OUT", nargs="?", help="default: backup-<UTC time>.db")
+    command.set_defaults(run=backup)
+    command = commands.add_parser("export", help="one UTC day of ticks as CSV")
+    command.add_argument("symbol", metavar="SYMBOL")
+    command.add_argument("day", metavar="DAY", help="YYYY-MM-DD, in UTC")
+    command.add_argument("out", metavar="OUT", nargs="?", help="default: standard output")
+    command.set_defaults(run=export)
+    return parser
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """The store's database, opened read-write; Failure if the file is missing (an
+    ordinary connect would create an empty database)."""
+    uri = "file:" + pathname2url(os.path.abspath(path)) + "?mode=rw"
+    try:
+        return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None)
+    except sqlite3.OperationalError as exc:
+        if not os.path.exists(path):
+            raise Failure(f"no database at {path} (DB_PATH): start the store once") from None
+        raise Failure(f"cannot open database {path}: {exc}") from None
+
+
+# -- symbol_settings ---------------------------------------------------------------------
+
+
+def list_symbols(
+    conn: sqlite3.Connection, args: argparse.Namespace, db_path: str, out: TextIO
+) -> None:
+    rows = _settings(conn)
+    if not rows:
+        print("no symbols", file=out)
+        return
+    lines = [describe(raw, enabled) for raw, enabled in rows]
+    column = max([NAME_WIDTH, *(width(name) + 2 for name, _, _ in lines)])
+    print(f"SYMBOL{' ' * (column - 6)}STATE", file=out)
+    for name, state, note in lines:
+        print(
+            f"{name}{' ' * (column - width(name))}{state:<{STATE_WIDTH}}{note}".rstrip(), file=out
+        )
+
+
+def describe(raw: object, enabled: object) -> tuple[str, str, str]:
+    """(name, on/off, note) of one symbol_settings row, read as the store reads it."""
+    wanted = read_rows([(raw, enabled)])
+    if wanted.invalid:
+        return symbols.display(f'"{wanted.invalid[0]}"'), "off", "(invalid symbol, ignored)"
+    ((symbol, on),) = wanted.symbols.items()
+    state = "on" if on else "off"
+    if symbol == raw:
+        return symbol, state, ""
+    return symbols.display(f'"{raw}"'), state, f"(recorded as {symbol})"
+
+
+def add(conn: sqlite3.Connection, args: argparse.Namespace, db_path: str, out: TextIO) -> None:
+    symbol = _symbol(args.symbol)
+    with _transaction(conn):
+        conn.execute(SETTINGS_DDL)
+        found = conn.execute("SELECT 1 FROM symbol_settings WHERE symbol = ?", (symbol,))
+        listed = found.fetchone() is not None
+        conn.execute(
+            "INSERT INTO symbol_settings (symbol, enabled) VALUES (?, 1) "
+            "ON CONFLICT(symbol) DO UPDATE SET enabled = 1",
+            (symbol,),
+        )
+    done = "was listed, now enabled" if listed else "added, enabled"
+    print(f"{symbol} {done}; {AT_NEXT_POLL}", file=out)
+
+
+def set_enabled(
+    conn: sqlite3.Connection, args: argparse.Namespace, db_path: str, out: TextIO
+) -> None:
+    symbol, on = _symbol(args.symbol), args.command == "enable"
+    with _transaction(conn):
+        rows = [(int(on), name) for name in _listed(conn, symbol)]
+        conn.executemany("UPDATE symbol_settings SET enabled = ? WHERE symbol = ?", rows)
+    print(f"{symbol} {'enabled' if on else 'disabled'}; {AT_NEXT_POLL}", file=out)
+
+
+def remove(conn: sqlite3.Connection, args: argparse.Namespace, db_path: str, out: TextIO) -> None:
+    symbol = _symbol(args.symbol)
+    with _transaction(conn):
+        names = [(name,) for name in _listed(conn, symbol)]
+        conn.executemany("DELETE FROM symbol_settings WHERE symbol = ?", names)
+    print(
+        f"{symbol} removed from symbol_settings; {AT_NEXT_POLL}. "
+        f"Its table prices_{symbol} and its ticks stay.",
+        file=out,
+    )
+
+
+def _symbol(raw: str) -> str:
+    try:
+        return symbols.normalise(raw)
+    except symbols.InvalidSymbol as exc:
+        raise Failure(f"invalid symbol {raw!r}: {exc}", 2) from None
+
+
+def _settings(conn: sqlite3.Connection) -> list[tuple[object, object]]:
+    if not _has_table(conn, "symbol_settings"):
+        return []
+    return conn.execute("SELECT symbol, enabled FROM symbol_settings ORDER BY rowid").fetchall()
+
+
+def _listed(conn: sqlite3.Connection, symbol: str) -> list[object]:
+    """The names as stored of every row the store reads as `symbol` (` btcusdt ` is BTCUSDT,
+    and the store records while any of them is enabled); Failure if there is none."""
+    names = []
+    for raw, _ in _settings(conn):
+        with contextlib.suppress(symbols.InvalidSymbol):
+            if symbols.normalise(raw) == symbol:
+                names.append(raw)
+    if not names:
+        raise Failure(f"{symbol} is not in symbol_settings")
+    return names
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+    return found.fetchone() is not None
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+# -- backup ------------------------------------------------------------------------------
+
+
+def backup(conn: sqlite3.Connection, args: argparse.Namespace, db_path: str, out: TextIO) -> None:
+    target = args.out or os.path.join(
+        os.path.dirname(os.path.abspath(db_path)),
+        time.strftime("backup-%Y%m%d-%H%M%S.db", time.gmtime()),
+    )
+    with _new_file(target, "wb"):
+        pass
+    try:
+        with contextlib.closing(sqlite3.connect(target, isolation_level=None)) as copy:
+            # In one step: the copy is one read snapshot, which in WAL mode never blocks the
+            # store's writes. Copied in steps, it would start over after every commit the
+            # store makes meanwhile, and never end while ticks arrive.
+            conn.backup(copy)
+            copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+            verdict = [row[0] for row in copy.execute("PRAGMA integrity_check")]
+    except BaseException:
+        os.remove(target)
+        raise
+    if verdict != ["ok"]:
+        raise Failure(f"integrity check of the copy {target} failed (file kept): {verdict[0]}")
+    print(f"backup {target} ({os.path.getsize(target)} bytes), integrity ok", file=out)
+
+
+# -- export ------------------------------------------------------------------------------
+
+
+def export(conn: sqlite3.Connection, args: argparse.Namespace, db_path: str, out: TextIO) -> None:
+    symbol = _symbol(args.symbol)
+    try:
+        start = day_start_ms(args.day)
+    except ValueError:
+        raise Failure(f"invalid DAY {args.day!r}: use YYYY-MM-DD (a UTC day)", 2) from None
+    if not _has_table(conn, "prices_" + symbol):
+        raise Failure(f"no table prices_{symbol}: {symbol} has never been recorded")
+    rows = conn.execute(day_query(symbol), (start, start + DAY_MS))
+    if args.out is None:
+        write_csv(rows, out)
+        return
+    with _new_file(args.out, "w", newline="", encoding="utf-8") as file:
+        count = write_csv(rows, file)
+    print(f"{count} ticks of {symbol} on {args.day} (UTC) written to {args.out}", file=out)
+
+
+def day_query(symbol: str) -> str:
+    """The ticks of one time range, by time, along the timestamp index (which ends in the
+    id, so the ORDER BY needs no sort)."""
+    return (
+        f"SELECT id, timestamp, price FROM {quote('prices_' + symbol)} "
+        "WHERE timestamp >= ? AND timestamp < ? ORDER BY timestamp, id"
+    )
+
+
+def day_start_ms(day: str) -> int:
+    """Milliseconds since the epoch at 00:00 UTC of `day`, written YYYY-MM-DD; ValueError
+    for anything else."""
+    date = datetime.date.fromisoformat(day)
+    if date.isoformat() != day:
+        raise ValueError(f"not YYYY-MM-DD: {day!r}")
+    return calendar.timegm(date.timetuple()) * 1000
+
+
+def write_csv(rows: Iterable[tuple[int, int, float]], out: TextIO) -> int:
+    """`id,timestamp,price,time` lines, one per tick: the price as repr(float), which reads
+    back to the same float, and the time in ISO 8601 UTC. Returns the number of ticks."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(("id", "timestamp", "price", "time"))
+    count = 0
+    for trade_id, ms, price in rows:
+        writer.writerow((trade_id, ms, repr(price), iso_time(ms)))
+        count += 1
+    return count
+
+
+def iso_time(ms: int) -> str:
+    """`2026-11-30T04:56:16.123Z` for a time in ms since the epoch."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+
+
+@contextlib.contextmanager
+def _new_file(path: str, mode: str, **options) -> Iterator:
+    """`path` opened for writing, created now (never an existing file); removed again if
+    the block fails."""
+    try:
+        file = open(path, mode.replace("w", "x"), **options)  # noqa: SIM115 (closed below)
+    except FileExistsError:
+        raise Failure(f"{path} exists; choose another OUT") from None
+    except OSError as exc:
+        raise Failure(f"cannot create {path}: {exc.strerror}") from None
+    try:
+        with file:
+            yield file
+    except BaseException:
+        os.remove(path)
+        raise
+
+
+if __name__ == "__main__":
+    try:
+        status = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # `export ... | head` stopped reading: no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 1
+    sys.exit(status)
