@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -42,6 +43,14 @@ INDEX_DDL = "CREATE INDEX IF NOT EXISTS {index} ON {table}(timestamp)"
 # has its own INSERT, so the cache must hold one per symbol or they are re-prepared per tick.
 STATEMENT_CACHE = 4096
 _BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+WAL_LIMIT = 64 << 20  # bytes the WAL file is cut back to after a checkpoint
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def quote(identifier: str) -> str:
@@ -148,7 +157,9 @@ class Database:
             self._checkpointer = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False
             )
-            self._checkpointer.execute("PRAGMA busy_timeout = 5000")
+            # Its waits block only its worker thread; short, so that a TRUNCATE gives up
+            # rather than hold our writers back when another program is writing.
+            self._checkpointer.execute("PRAGMA busy_timeout = 100")
         except BaseException:
             self.close()
             raise
@@ -163,7 +174,7 @@ class Database:
         conn.execute("PRAGMA wal_autocheckpoint = 0")
         # After a checkpoint resets the WAL, truncate it to this size, so one long reader
         # elsewhere does not leave a huge file behind for good.
-        conn.execute("PRAGMA journal_size_limit = 67108864")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
         conn.execute(SETTINGS_DDL)
 
     def close(self) -> None:
@@ -175,15 +186,24 @@ class Database:
             self._conn = self._checkpointer = None
 
     def checkpoint(self) -> tuple[int, int, int]:
-        """Copy committed WAL frames into the database, in a worker thread; never waits for locks.
+        """Copy committed WAL frames into the database, in a worker thread.
 
-        Returns SQLite's (busy, wal frames, frames checkpointed).
+        PASSIVE never waits for readers or writers. When it has copied everything and the WAL
+        file is over the size limit (after a long reader elsewhere, it can be gigabytes), a
+        TRUNCATE empties it: that makes writers wait only for an instant, and ours wait
+        cooperatively. Returns SQLite's (busy, wal frames, frames checkpointed) of the PASSIVE.
         """
         conn = self._checkpointer
         if conn is None:
             raise sqlite3.ProgrammingError("database is closed")
-        pool = gevent.get_hub().threadpool
-        return pool.apply(lambda: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
+
+        def run() -> tuple[int, int, int]:
+            busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if busy == 0 and frames == done and _size(self.path + "-wal") > WAL_LIMIT:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return busy, frames, done
+
+        return gevent.get_hub().threadpool.apply(run)
 
     # -- the cooperative lock wait -------------------------------------------------------
 

@@ -9,6 +9,8 @@ import urllib.error
 import urllib.request
 from urllib.parse import urlencode
 
+from gevent.lock import BoundedSemaphore
+
 from .limits import WeightLimiter
 from .wire import BadFrame, Tick, tick_from
 
@@ -33,12 +35,19 @@ class RestError(Exception):
 
 
 class Rest:
-    """Calls /fapi/v1/aggTrades on `base_url`, each after the weight limiter lets it."""
+    """Calls /fapi/v1/aggTrades on `base_url`, each after the weight limiter lets it.
 
-    def __init__(self, base_url: str, weight: WeightLimiter, timeout: float = TIMEOUT):
+    At most `concurrency` calls are in flight: a page is about 100 kB of JSON and ten times
+    that once parsed, and after a restart every symbol wants one at the same moment.
+    """
+
+    def __init__(
+        self, base_url: str, weight: WeightLimiter, timeout: float = TIMEOUT, concurrency: int = 4
+    ):
         self.base_url = base_url
         self.weight = weight
         self.timeout = timeout
+        self._slots = BoundedSemaphore(concurrency)
 
     def agg_trades(self, symbol: str, from_id: int | None = None, limit: int = PAGE) -> list[Tick]:
         """Trades of `symbol` from id `from_id` (inclusive) on, oldest first; the latest
@@ -46,14 +55,15 @@ class Rest:
         query = {"symbol": symbol, "limit": limit}
         if from_id is not None:
             query["fromId"] = from_id
-        body = self._get("/fapi/v1/aggTrades?" + urlencode(query))
-        try:
-            rows = json.loads(body)
-            if not isinstance(rows, list):
-                raise BadFrame("not a list")
-            return [tick_from(row) for row in rows]
-        except (ValueError, TypeError, RecursionError) as exc:
-            raise RestError(0, 0, f"unreadable answer: {exc}") from None
+        with self._slots:
+            body = self._get("/fapi/v1/aggTrades?" + urlencode(query))
+            try:
+                rows = json.loads(body)
+                if not isinstance(rows, list):
+                    raise BadFrame("not a list")
+                return [tick_from(row) for row in rows]
+            except (ValueError, TypeError, RecursionError) as exc:
+                raise RestError(0, 0, f"unreadable answer: {exc}") from None
 
     def _get(self, path: str) -> bytes:
         self.weight.acquire(WEIGHT)

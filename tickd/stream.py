@@ -17,9 +17,8 @@ import gevent
 import gevent.event
 import websocket
 from gevent.pool import Group
-from websocket._abnf import ABNF, frame_buffer
 
-from . import symbols
+from . import frames, symbols
 from .database import Database
 from .limits import AttemptLimiter
 from .logs import Throttle, kv
@@ -38,34 +37,13 @@ AUDIT_EVERY = 24 * 3600.0
 FIRST_CHECK = 15.0  # seconds after start before a silent stream is checked against REST
 ROTATION_RETRY = 10.0  # seconds before retrying a replacement connection that failed
 IN_FLIGHT_MS = 3000  # a trade younger than this may not have reached us yet
-
-
-class FrameTooLarge(websocket.WebSocketException):
-    """The peer announced a frame or message over MAX_MESSAGE bytes."""
-
-
-class _LimitedFrames(frame_buffer):
-    # websocket-client reads a frame's whole payload however long the header says it is;
-    # refuse before reading instead.
-    def recv_length(self) -> None:
-        super().recv_length()
-        if self.length > MAX_MESSAGE:
-            raise FrameTooLarge(f"frame of {self.length} bytes")
-
-
-class _Socket(websocket.WebSocket):
-    def __init__(self, **options):
-        super().__init__(**options)
-        self.frame_buffer = _LimitedFrames(self._recv, skip_utf8_validation=True)
+YIELD_EVERY = 32  # frames of one batch handled before other greenlets get a turn
 
 
 def dial(url: str, timeout: float) -> websocket.WebSocket:
     """Open a websocket to `url`; the handshake must finish within `timeout` seconds."""
-    # UTF-8 is validated by decoding each text message (wire.parse_frame); the library's
-    # own check is pure Python and costs a third of the CPU per tick.
-    return websocket.create_connection(
-        url, timeout=timeout, class_=_Socket, skip_utf8_validation=True, enable_multithread=True
-    )
+    # websocket-client does the handshake and sends; frames.Reader does the reading.
+    return websocket.create_connection(url, timeout=timeout, enable_multithread=True)
 
 
 class Backoff:
@@ -99,6 +77,7 @@ class Session:
         "delivered",
         "ended",
         "last_id",
+        "last_rx",
         "opened",
         "opened_ms",
         "reason",
@@ -109,6 +88,7 @@ class Session:
     def __init__(self, ws: websocket.WebSocket, opened: float, opened_ms: int):
         self.ws = ws
         self.opened = opened  # monotonic seconds
+        self.last_rx = opened  # monotonic time bytes last arrived (pings count)
         self.opened_ms = opened_ms  # wall clock, ms since the epoch, as Binance's trade times
         self.trades = 0
         self.last_id = 0  # the highest trade id this connection delivered
@@ -120,6 +100,12 @@ class Session:
     @property
     def connected(self) -> bool:
         return not self.ended.is_set()
+
+    def abort(self, reason: str) -> None:
+        """Cut the connection without a close handshake; the reader ends at once."""
+        self.reason = self.reason or reason
+        with contextlib.suppress(OSError):
+            self.ws.shutdown()
 
     def close(self) -> None:
         """Send a close frame; the reader ends when the server answers (or gives up)."""
@@ -242,7 +228,8 @@ class Stream:
         except (OSError, websocket.WebSocketException) as exc:
             log.warning("stream connect failed %s", kv(symbol=self.symbol, error=_describe(exc)))
             return None
-        ws.settimeout(self._stale_timeout)
+        # No socket timeout (each recv would arm a timer): the supervisor watches last_rx.
+        ws.settimeout(None)
         session = Session(ws, self._clock(), int(self._wall() * 1000))
         self._sessions.append(session)
         self._group.spawn(self._read_session, session)
@@ -255,11 +242,16 @@ class Stream:
         rotate_at = current.opened + self._max_age
         while True:
             now = self._clock()
-            timeout = max(0.0, min(rotate_at, self._next_check_at()) - now)
+            stale_at = current.last_rx + self._stale_timeout
+            timeout = max(0.0, min(rotate_at, self._next_check_at(), stale_at) - now)
             gevent.wait([current.ended, self._wake], count=1, timeout=timeout)
             if self._stopping or current.ended.is_set():
                 return current.delivered.is_set()
             now = self._clock()
+            if now >= current.last_rx + self._stale_timeout:
+                current.abort(f"nothing received for {self._stale_timeout:g}s")
+                current.ended.wait()
+                return current.delivered.is_set()
             if now >= self._next_check_at():
                 self._start_check(current)
             if now >= rotate_at:
@@ -293,10 +285,8 @@ class Stream:
     def _read_session(self, session: Session) -> None:
         try:
             session.code = self._read(session)
-        except websocket.WebSocketTimeoutException:
-            session.reason = f"nothing received for {self._stale_timeout:g}s"
-        except (OSError, websocket.WebSocketException) as exc:
-            session.reason = _describe(exc)
+        except (OSError, frames.ProtocolError, websocket.WebSocketException) as exc:
+            session.reason = session.reason or _describe(exc)
         finally:
             with contextlib.suppress(OSError, websocket.WebSocketException):
                 if session.ws.connected and not self._stopping:
@@ -317,27 +307,31 @@ class Stream:
 
     def _read(self, session: Session) -> int:
         """Store every trade until the server closes; returns the close code."""
-        ws = session.ws
+        ws, clock = session.ws, self._clock
+        reader = frames.Reader(ws.sock, MAX_MESSAGE)
         parts: list[bytes] = []
         size = 0
         while True:
-            frame = ws.recv_frame()
-            opcode = frame.opcode
-            if opcode == ABNF.OPCODE_TEXT and frame.fin:
-                self._handle(session, frame.data)
-            elif opcode == ABNF.OPCODE_PING:
-                ws.pong(frame.data)
-            elif opcode == ABNF.OPCODE_CLOSE:
-                return _close_code(frame.data)
-            elif opcode in (ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY, ABNF.OPCODE_CONT):
-                # A message in fragments (Binance sends none): gather it, within the limit.
-                size += len(frame.data)
-                if size > MAX_MESSAGE:
-                    raise FrameTooLarge(f"message of more than {MAX_MESSAGE} bytes")
-                parts.append(frame.data)
-                if frame.fin:
-                    self._handle(session, b"".join(parts))
-                    parts, size = [], 0
+            batch = reader.read()
+            session.last_rx = clock()
+            for count, (opcode, fin, payload) in enumerate(batch, 1):
+                if count % YIELD_EVERY == 0:
+                    gevent.sleep(0)  # a backlog must not keep other greenlets waiting
+                if opcode == frames.TEXT and fin:
+                    self._handle(session, payload)
+                elif opcode == frames.PING:
+                    ws.pong(payload)
+                elif opcode == frames.CLOSE:
+                    return _close_code(payload)
+                elif opcode in (frames.TEXT, frames.BINARY, frames.CONTINUATION):
+                    # A message in fragments (Binance sends none): gather it, within the limit.
+                    size += len(payload)
+                    if size > MAX_MESSAGE:
+                        raise frames.ProtocolError(f"message of more than {MAX_MESSAGE} bytes")
+                    parts.append(payload)
+                    if fin:
+                        self._handle(session, b"".join(parts))
+                        parts, size = [], 0
 
     def _handle(self, session: Session, data: bytes) -> None:
         try:

@@ -35,7 +35,7 @@ import gevent  # noqa: E402
 
 from tickd.fakebinance import FakeBinance  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # Runs the store with SQLite's busy handler on the hub instead of the cooperative wait.
 BLOCKING = """
@@ -97,6 +97,8 @@ def measure(variant, symbols, rate, lock_seconds):
         reader = gevent.spawn(lambda: [lines.append(line) for line in proc.stdout])
         try:
             while not any("http listening" in line for line in lines):
+                if proc.poll() is not None:
+                    raise RuntimeError("the store did not start:\n" + "".join(lines))
                 gevent.sleep(0.05)
             port = re.search(r"port=(\d+)", next(li for li in lines if "http listening" in li))[1]
             url = f"http://127.0.0.1:{port}/status"
