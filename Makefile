@@ -71,7 +71,8 @@ bench: install
 ## reliability: every fault scenario of docs/RELIABILITY.md at full length (long; not in CI)
 reliability: install
 	RELIABILITY_FULL=1 $(PY) -m pytest -p no:cacheprovider -o timeout=3600 -v -s \
-		tests/reliability tests/test_wire.py tests/test_symbols.py --hypothesis-show-statistics
+		tests/reliability tests/test_wire.py tests/test_symbols.py tests/test_frames.py \
+		--hypothesis-show-statistics
 
 ## soak: 30 minutes at realistic load with random faults (not in CI)
 soak: install

@@ -161,6 +161,7 @@ class Repair:
         # Every id from `first` to the page's last one is now stored or never existed:
         # the answer lists consecutive trades, so an id it skips is a hole in Binance's history.
         covered = ticks[-1].id
+        log.debug("repair page stored %s", kv(symbol=self.symbol, ids=f"{first}-{covered}"))
         queued = sum(min(b, covered) - max(a, first) + 1 for a, b in self.gaps if a <= covered)
         self.gaps.remove(first, covered)
         self.stats.ids_repaired += queued

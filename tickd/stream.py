@@ -157,6 +157,7 @@ class Stream:
         self._group = Group()
         self._stopping = False
         self._wake = gevent.event.Event()  # cuts waits short on stop()
+        self._debug = log.isEnabledFor(logging.DEBUG)  # read once: checked per trade
         self._bad_frames = Throttle(60.0, clock)
         self._not_listed = Throttle(NOT_LISTED_EVERY, clock)
         self._last_trade: float | None = None  # monotonic time of the last trade received
@@ -346,6 +347,8 @@ class Stream:
             return
         if tick is None:
             return
+        if self._debug:
+            log.debug("trade %s", kv(symbol=self.symbol, id=tick.id, time=tick.timestamp))
         self.trades += 1
         session.trades += 1
         if session.trades == 1:
