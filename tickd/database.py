@@ -46,7 +46,8 @@ _BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 WAL_LIMIT = 64 << 20  # bytes the WAL file is cut back to after a checkpoint
 
 
-def _size(path: str) -> int:
+def file_size(path: str) -> int:
+    """Bytes in the file at `path`; 0 if it is missing (no WAL after a clean stop)."""
     try:
         return os.stat(path).st_size
     except OSError:
@@ -199,7 +200,7 @@ class Database:
 
         def run() -> tuple[int, int, int]:
             busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            if busy == 0 and frames == done and _size(self.path + "-wal") > WAL_LIMIT:
+            if busy == 0 and frames == done and file_size(self.path + "-wal") > WAL_LIMIT:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             return busy, frames, done
 

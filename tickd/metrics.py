@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
@@ -16,6 +15,8 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.utils import floatToGoString
+
+from .database import file_size
 
 if TYPE_CHECKING:
     from .database import Database, Latency
@@ -163,14 +164,6 @@ def histogram(name: str, documentation: str, latency: Latency) -> HistogramMetri
         running += count
         buckets.append((floatToGoString(bound), running))
     return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=total)
-
-
-def file_size(path: str) -> int:
-    """Bytes in the file at `path`; 0 if it is missing (no WAL after a clean stop)."""
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
 
 
 def registry(collector: StoreCollector) -> CollectorRegistry:
