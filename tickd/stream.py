@@ -184,6 +184,8 @@ class Stream:
                         delivered = self._supervise(session)
                     except Exception:
                         log.exception("stream failed %s", kv(symbol=self.symbol))
+                        for open_session in list(self._sessions):
+                            open_session.abort("stream failed")
                 if self._stopping:
                     break
                 self.reconnects += 1
