@@ -1,0 +1,252 @@
+"""Parts `realistic` and `hub`: 100 symbols at 2,000 ticks/s, the store and its two peers.
+
+Each subject gets a fresh exchange process (`exchange.py`, paced mode: Poisson arrivals,
+2,000 trades/s in all over 100 symbols, seed fixed, so every subject sees the same sequence)
+and a fresh database whose tables are the store's DDL. One after the other:
+
+  store       `python -m tickd`, 100 raw-stream connections;
+  naive       `naive_recorder.py`: asyncio + websockets, one commit per tick, 100 connections;
+  cryptofeed  `cryptofeed_recorder.py`: cryptofeed 2.4.1's BinanceFutures feed, one combined
+              stream, a trade callback making one commit per tick.
+
+After all streams are up and 5 s of load, a window (2 min, 1 with --quick) gives the subject's
+CPU share of a core and µs of CPU per stored tick (utime + stime of its process, all threads,
+from /proc), RSS and the -wal file's size sampled every second. Then the load stops, and every
+table is checked against what the exchange made.
+
+For the store only, after the window and under the same load: /status requested every 50 ms
+(its latency: part `hub`), and, when part `profile` is on, a py-spy record (see hotspots.py).
+Part `hub` also runs tests/bench/hub.py (another program holding the write lock) at this load.
+"""
+
+import re
+import sqlite3
+import statistics
+import time
+from pathlib import Path
+
+import peers
+from common import (
+    BENCH,
+    PYTHON,
+    Child,
+    Exchange,
+    Store,
+    completeness,
+    create_prices,
+    figure,
+    file_size,
+    get_seconds,
+    sample_while,
+    say,
+    stored,
+    summary_ms,
+    symbol_names,
+    workdir,
+)
+
+SYMBOLS = 100
+RATE = 2000.0
+SUBJECTS = ("store", "naive", "cryptofeed")
+STATUS_UNDER_LOAD: list[float] = []  # seconds per /status request, filled by the store's run
+PROFILES: list[str] = []  # py-spy records of the store's run, when asked for
+
+
+def create_tables(db_path: Path, symbols) -> None:
+    """The store's tables (its DDL strings), in WAL mode, for a peer to write into."""
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        for symbol in symbols:
+            create_prices(conn, symbol)
+    finally:
+        conn.close()
+
+
+def subject_process(subject: str, folder: Path, exchange: Exchange, symbols, patches=()):
+    """The recorder `subject` as a Child (not started), and its database path."""
+    if subject == "store":
+        env = {"BINANCE_WS_URL": exchange.ws_url, "BINANCE_REST_URL": exchange.rest_url}
+        store = Store(folder, env, patches=patches)
+        return store, store.db_path
+    db_path = folder / "ticks.db"
+    create_tables(db_path, symbols)
+    no_repo = {"PYTHONPATH": ""}
+    if subject == "naive":
+        script = peers.recorder("naive_recorder", folder)
+        argv = [peers.python("naive"), script, db_path, exchange.ws_url, *symbols]
+    else:
+        script = peers.recorder("cryptofeed_recorder", folder)
+        ws_base = exchange.ws_url.removesuffix("/ws")  # ws://host:port/market
+        argv = [peers.python("cryptofeed"), script, db_path, ws_base, exchange.rest_url, *symbols]
+    return Child(argv, folder / f"{subject}.log", env=no_repo, cwd=folder), db_path
+
+
+def measure(
+    subject: str,
+    window: float,
+    *,
+    patches=(),
+    status_seconds: float = 0.0,
+    profile_seconds: float = 0.0,
+    rate: float = RATE,
+) -> dict:
+    """One subject under the paced load; its figures as a dict."""
+    symbols = symbol_names(SYMBOLS)
+    label = subject + (f" +{'+'.join(patches)}" if patches else "")
+    with workdir(f"load-{subject}") as folder, Exchange(folder, SYMBOLS) as exchange:
+        proc, db_path = subject_process(subject, folder, exchange, symbols, patches)
+        with proc:
+            if subject == "store":
+                proc.enable(symbols)
+            connect = exchange.wait_subscribed(SYMBOLS, 90, proc)
+            exchange.call("paced", rate=rate)
+            time.sleep(5.0)
+
+            # Ticks per window: rows stored, or, for a variant that stores nothing, ticks made.
+            def count():
+                if "no_write" in patches:
+                    return sum(c[2] for c in exchange.call("counts").values())
+                return stored(db_path, symbols)
+
+            rows0, cpu0, wall0 = count(), proc.cpu(), time.monotonic()
+            wal_path = Path(f"{db_path}-wal")
+            samples = sample_while(window, 1.0, lambda: (proc.rss(), file_size(wal_path)))
+            rows1, cpu1, wall1 = count(), proc.cpu(), time.monotonic()
+            if profile_seconds:
+                PROFILES.append(peers.py_spy(proc.pid, profile_seconds, folder))
+            if status_seconds:
+                STATUS_UNDER_LOAD.extend(
+                    sample_while(status_seconds, 0.05, lambda: get_seconds(proc.url()))
+                )
+            exchange.call("paced", rate=0)
+            time.sleep(2.0)
+            counts = exchange.call("counts")
+            deadline = time.monotonic() + (0 if "no_write" in patches else 30)
+            while stored(db_path, symbols) < sum(c[2] for c in counts.values()):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            made, kept, wrong = completeness(db_path, symbols, counts)
+            if "no_write" in patches:
+                kept, wrong = made, 0  # it stores nothing by design: nothing to check
+    ticks = rows1 - rows0
+    wall = wall1 - wall0
+    rss = [s[0] for s in samples]
+    wal = [s[1] for s in samples]
+    result = {
+        "label": label,
+        "ticks_per_s": ticks / wall,
+        "cpu_share": (cpu1 - cpu0) / wall,
+        "us_per_tick": (cpu1 - cpu0) / max(ticks, 1) * 1e6,
+        "rss_max": max(rss),
+        "rss_end": rss[-1],
+        "wal_max": max(wal),
+        "wal_median": statistics.median(wal),
+        "wal_end": wal[-1],
+        "made": made,
+        "kept": kept,
+        "wrong": wrong,
+        "connect": connect,
+    }
+    say(
+        f"{label}: {result['ticks_per_s']:.0f} ticks/s, {result['us_per_tick']:.1f} µs/tick, "
+        f"{result['cpu_share'] * 100:.1f}% CPU, RSS {result['rss_max']:.1f} MB, "
+        f"WAL max {result['wal_max'] / 1e6:.1f} MB, {kept:,}/{made:,} stored, {wrong} tables off"
+    )
+    return result
+
+
+def run(quick: bool, profile: bool = False) -> dict:
+    window = 60.0 if quick else 120.0
+    say(
+        f"realistic: {SYMBOLS} symbols, {RATE:g} ticks/s, {window:g} s window per subject: "
+        + ", ".join(SUBJECTS)
+    )
+    results = {}
+    for name in ("naive", "cryptofeed", *(("pyspy",) if profile else ())):
+        peers.venv(name)  # installed before any load runs
+    for subject in SUBJECTS:
+        try:
+            results[subject] = measure(
+                subject,
+                window,
+                status_seconds=(5.0 if quick else 20.0) if subject == "store" else 0.0,
+                profile_seconds=(8.0 if quick else 20.0) if subject == "store" and profile else 0,
+            )
+        except Exception as exc:  # a peer that cannot run is reported, the others still are
+            say(f"realistic: {subject} failed: {exc!r}")
+            results[subject] = None
+    store = results["store"]
+    for subject in SUBJECTS:
+        r = results[subject]
+        if r is None:
+            figure(f"realistic {subject}", "failed", "", "see the log above")
+            continue
+        figure(
+            f"realistic {subject}: CPU per stored tick",
+            round(r["us_per_tick"], 1),
+            "µs",
+            f"{r['ticks_per_s']:.0f} ticks/s",
+        )
+        figure(f"realistic {subject}: CPU share", round(r["cpu_share"] * 100, 1), "% of a core")
+        figure(f"realistic {subject}: RSS (max)", round(r["rss_max"], 1), "MB")
+        figure(
+            f"realistic {subject}: WAL size",
+            f"max {r['wal_max'] / 1e6:.1f} MB, median {r['wal_median'] / 1e6:.1f} MB",
+            "",
+            f"end {r['wal_end'] / 1e6:.1f} MB",
+        )
+        figure(
+            f"realistic {subject}: completeness",
+            f"{r['kept']:,} of {r['made']:,}",
+            "",
+            f"{r['wrong']} tables off",
+        )
+    if store:
+        for peer in ("naive", "cryptofeed"):
+            if results[peer]:
+                ratio = store["us_per_tick"] / results[peer]["us_per_tick"]
+                target = " (target <= 0.6)" if peer == "naive" else ""
+                figure(f"realistic: CPU per tick, store / {peer}{target}", round(ratio, 2), "x")
+    if STATUS_UNDER_LOAD:
+        figure("hub: /status under the realistic load", summary_ms(STATUS_UNDER_LOAD))
+    return results
+
+
+HUB_LINE = re.compile(r"variant=(\w+)\s+(.*)")
+
+
+def hub(quick: bool) -> dict:
+    """/status under the realistic load (the store's run of `realistic`, or one of its own),
+    and, except with --quick, tests/bench/hub.py at that load (its lock measurement)."""
+    if not STATUS_UNDER_LOAD:
+        say("hub: /status every 50 ms under the realistic load")
+        measure("store", 10.0, status_seconds=10.0 if quick else 20.0)
+        figure("hub: /status under the realistic load", summary_ms(STATUS_UNDER_LOAD))
+    out = {"status": list(STATUS_UNDER_LOAD)}
+    if quick:
+        say("hub: lock measurement (tests/bench/hub.py) skipped with --quick")
+        return out
+    say("hub: tests/bench/hub.py --symbols 100 --rate 2000 --lock 7 (both ways of waiting)")
+    with workdir("hub") as folder:
+        argv = [PYTHON, BENCH / "hub.py", "--symbols", "100", "--rate", "2000", "--lock", "7"]
+        child = Child(argv, folder / "hub.log")
+        with child:
+            child.proc.wait(timeout=600)
+        for line in child.log().splitlines():
+            match = HUB_LINE.search(line)
+            if not match:
+                continue
+            fields = dict(pair.split("=", 1) for pair in match[2].split())
+            out[match[1]] = fields
+            figure(
+                f"hub: /status while locked, {match[1]}",
+                f"p50 {float(fields['status_p50_ms']):.1f} ms, "
+                f"p99 {float(fields['status_p99_ms']):.1f} ms, "
+                f"max {float(fields['status_max_ms']):.1f} ms",
+                "",
+                f"{fields['status_requests']} requests, {fields['disconnects']} disconnections, "
+                f"{fields['cpu_us_per_tick']} µs/tick",
+            )
+    return out

@@ -1,0 +1,139 @@
+"""The store with changes patched in at start, to measure a proposal before anyone writes it.
+
+    PYTHONPATH=. .venv/bin/python tests/bench/variant.py [PATCH ...]
+
+Runs `tickd.app.run(os.environ)` like `python -m tickd`, after replacing one function per
+PATCH; with no PATCH it is the store as shipped (the bench starts every store this way).
+Nothing in tickd/ is edited; the bench compares variants in one run on the same load.
+A patch whose target no longer exists in tickd stops the process with exit code 3 and says so.
+
+  checkpoint_locked  the WAL checkpoint (PASSIVE, in the thread pool, every second) holds the
+                     database Semaphore while it runs, so no commit of the store lands during
+                     it: it then copies every frame, and the next commit restarts the WAL from
+                     its start (journal_size_limit trims the file). Replaces the store's own
+                     checkpoint, which copies while commits go on, so the WAL is never
+                     restarted: it grows until a TRUNCATE cuts it past 64 MiB.
+  lean_insert        a tick's INSERT runs directly under the Semaphore when nobody holds it,
+                     without the latency histogram, the retry closure and the one-tick tuple;
+                     any error falls back to the full path (retry, re-create, log).
+  yield_batches      the stream reader yields to the hub (gevent.sleep(0)) before each read
+                     of the socket, so a stream whose socket always has data (a burst, a
+                     backlog after a stall) cannot keep timers, /status and the other streams
+                     from running.
+  slow_checkpoint    the checkpoint runs every 5 s instead of every second: a leaf page that
+                     100 commits rewrote is copied to the database file once, not five times.
+  sqlite_autocheckpoint
+                     SQLite's default instead of the checkpoint thread: the store's own
+                     connection checkpoints after the commit that takes the WAL past 1,000
+                     pages, on the hub (its fsync stalls every greenlet). What the thread costs.
+  no_write           the INSERT is skipped (nothing stored): what reading, parsing and the
+                     hub cost without the commit. Not a proposal, a measure of the floor.
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import os  # noqa: E402
+import sqlite3  # noqa: E402
+import sys  # noqa: E402
+
+import gevent  # noqa: E402
+
+from tickd import database  # noqa: E402
+from tickd.app import run  # noqa: E402
+
+Database = database.Database
+
+
+def checkpoint_locked() -> None:
+    def checkpoint(self):
+        conn = self._checkpointer
+        if conn is None:
+            raise sqlite3.ProgrammingError("database is closed")
+        pool = gevent.get_hub().threadpool
+        with self._semaphore:
+            r = pool.apply(lambda: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
+            if os.environ.get("BENCH_DEBUG"):
+                print("ckpt", r, flush=True)
+            return r
+
+    Database.checkpoint = checkpoint
+
+
+def lean_insert() -> None:
+    full = Database.insert
+
+    def insert(self, symbol, tick):
+        tables = self._tables.get(symbol)
+        semaphore = self._semaphore
+        if tables is not None and self._conn is not None and not semaphore.locked():
+            with semaphore:
+                try:
+                    self._conn.execute(tables.insert, tick)
+                    return True
+                except sqlite3.Error:
+                    pass
+        return full(self, symbol, tick)
+
+    Database.insert = insert
+
+
+def yield_batches() -> None:
+    from tickd import frames  # noqa: PLC0415 (the batch reader, absent from older trees)
+
+    read = frames.Reader.read
+
+    def yielding_read(self):
+        gevent.sleep(0)  # let timers, /status and the other streams run between batches
+        return read(self)
+
+    frames.Reader.read = yielding_read
+
+
+def slow_checkpoint() -> None:
+    from tickd import app  # noqa: PLC0415
+
+    app.CHECKPOINT_INTERVAL = 5.0
+
+
+def sqlite_autocheckpoint() -> None:
+    setup = Database._setup
+
+    def autocheckpoint_setup(conn):
+        setup(conn)
+        conn.execute("PRAGMA wal_autocheckpoint = 1000")
+
+    Database._setup = staticmethod(autocheckpoint_setup)
+    Database.checkpoint = lambda self: (0, 0, 0)
+
+
+def no_write() -> None:
+    Database.insert = lambda self, symbol, tick: True
+
+
+PATCHES = {
+    "checkpoint_locked": checkpoint_locked,
+    "lean_insert": lean_insert,
+    "yield_batches": yield_batches,
+    "slow_checkpoint": slow_checkpoint,
+    "sqlite_autocheckpoint": sqlite_autocheckpoint,
+    "no_write": no_write,
+}
+
+
+def main() -> int:
+    probe = Database(":memory:") if sys.argv[1:] else None
+    for name in sys.argv[1:]:
+        try:
+            for attribute in ("insert", "checkpoint", "_tables", "_semaphore", "_conn"):
+                getattr(probe, attribute)
+            PATCHES[name]()
+        except (AttributeError, ImportError) as exc:
+            print(f"variant {name} does not apply to this tickd: {exc}", flush=True)
+            return 3
+    return run(os.environ, sys.stdout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
