@@ -412,6 +412,11 @@ class FakeBinance:
                     conn.outbox.put((CLOSE, payload[:2]))  # echo the client's code
                 conn.peer_closed.set()
 
+    def _ping(self, conn: _Conn) -> None:
+        """A ping like Binance's (payload: the time in ms), unless the socket is silent."""
+        if conn.stream in self._streams and not conn.stalled:
+            conn.sock.sendall(encode_frame(PING, str(int(self._clock() * 1000)).encode()))
+
     def _write_loop(self, conn: _Conn) -> None:
         """Send what the outbox holds, and a ping every ping_interval; hang up at the end."""
         next_ping = time.monotonic() + self._ping_interval
@@ -422,9 +427,7 @@ class FakeBinance:
                     opcode, payload = conn.outbox.get(timeout=wait)
                 except gevent.queue.Empty:
                     next_ping = time.monotonic() + self._ping_interval
-                    if conn.stream in self._streams and not conn.stalled:
-                        now_ms = str(int(self._clock() * 1000)).encode()
-                        conn.sock.sendall(encode_frame(PING, now_ms))
+                    self._ping(conn)
                     continue
                 if opcode == _DROP:
                     return

@@ -42,7 +42,6 @@ import gevent.queue  # noqa: E402
 from tickd.fakebinance import (  # noqa: E402
     _DROP,
     CLOSE,
-    PING,
     FakeBinance,
     _Conn,
     _json,
@@ -221,9 +220,7 @@ class BenchExchange(FakeBinance):
                     opcode, payload = conn.outbox.get(timeout=wait)
                 except gevent.queue.Empty:
                     next_ping = time.monotonic() + self._ping_interval
-                    if conn.stream in self._streams and not conn.stalled:
-                        now_ms = str(int(self._clock() * 1000)).encode()
-                        conn.sock.sendall(encode_frame(PING, now_ms))
+                    self._ping(conn)
                     continue
                 if opcode == _WAKE:
                     continue
