@@ -13,12 +13,11 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 import gevent
 from gevent.lock import Semaphore
 
-from . import symbols
 from .logs import Throttle, kv
 from .wire import Tick
 
@@ -402,15 +401,3 @@ class Database:
                 )
             ]
         )
-
-
-def valid_names(names: Iterable[object]) -> list[str]:
-    """The names among `names` that normalise to themselves (tables made by this store)."""
-    out = []
-    for name in names:
-        try:
-            if symbols.normalise(name) == name:
-                out.append(name)
-        except symbols.InvalidSymbol:
-            continue
-    return out
