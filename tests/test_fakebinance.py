@@ -2,6 +2,7 @@
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import pytest
 import websocket
 from websocket import ABNF
 
-from tickd.fakebinance import FakeBinance, lower_ascii, stream_name
+from tickd.fakebinance import EXCHANGE_INFO, FakeBinance, lower_ascii, stream_name
 
 WS_FIELDS = ["e", "E", "a", "s", "p", "q", "nq", "f", "l", "T", "m", "st"]
 REST_FIELDS = ["a", "p", "q", "nq", "f", "l", "T", "m"]
@@ -91,10 +92,10 @@ def assert_silent(ws):
         ws.recv_data_frame(True)
 
 
-def rest(fake, query):
-    """GET /fapi/v1/aggTrades?query: (status, headers, decoded JSON body)."""
+def rest(fake, query, path="/fapi/v1/aggTrades"):
+    """GET path?query: (status, headers, decoded JSON body)."""
     try:
-        response = urllib.request.urlopen(f"{fake.rest_url}/fapi/v1/aggTrades?{query}", timeout=5)
+        response = urllib.request.urlopen(f"{fake.rest_url}{path}?{query}", timeout=5)
     except urllib.error.HTTPError as error:
         response = error
     with response:
@@ -339,6 +340,97 @@ def test_run_market_trades_until_stopped(fake, connect):
     assert json.loads(ws.recv())["s"] == "ETHUSDT"
 
 
+def rest_ids(fake, symbol, first, last):
+    """Page through REST from `first` (1000 a call) until `last`: every id it served."""
+    ids = []
+    while not ids or ids[-1] < last:
+        status, _, rows = rest(
+            fake, f"symbol={symbol}&fromId={ids[-1] + 1 if ids else first}&limit=1000"
+        )
+        assert status == 200 and rows, (status, rows)
+        ids += [row["a"] for row in rows]
+    return ids
+
+
+def test_a_burst_trades_consecutive_ids_at_its_rate(start_fake, connect):
+    fake = start_fake(weight_limit=10**9)
+    ws = subscribe(fake, connect, "AUSDT")
+    symbols = ["AUSDT", "BUSDT", "CUSDT"]
+    burst = fake.burst(symbols, rate=20_000, seconds=0.5)
+    frames = []
+    while len(frames) < 3334:  # AUSDT's share, read while the burst goes on
+        frames.append(json.loads(ws.recv()))
+    result = burst.get(timeout=5)
+
+    # Made on schedule: a fake that fell behind would have made fewer by the end.
+    assert result.trades == 10_000
+    assert 0.5 <= result.seconds < 1.0 and result.rate > 10_000
+    assert sorted(last - first + 1 for first, last in result.ids.values()) == [3333, 3333, 3334]
+    for symbol, (first, last) in result.ids.items():
+        assert [t["a"] for t in fake.history(symbol)] == list(range(first, last + 1))
+        assert rest_ids(fake, symbol, first, last) == list(range(first, last + 1))
+    assert frames == fake.history("AUSDT")
+    assert_silent(ws)  # nothing after the burst
+    assert fake.slow_consumers() == []
+
+
+def test_a_burst_ends_with_stop_market(fake):
+    burst = fake.burst(["AUSDT"], rate=1000, seconds=60)
+    wait_for(lambda: len(fake.history("AUSDT")) >= 10)
+    fake.stop_market()
+    assert burst.dead
+    made = len(fake.history("AUSDT"))
+    gevent.sleep(0.05)  # long enough for a live burst to make 50 more
+    assert len(fake.history("AUSDT")) == made
+
+
+@pytest.mark.parametrize(
+    ("symbols", "rate", "seconds"),
+    [([], 100, 1), (["AUSDT"], 0, 1), (["AUSDT"], 100, 0)],
+    ids=["no-symbol", "no-rate", "no-length"],
+)
+def test_a_burst_needs_symbols_a_rate_and_a_length(fake, symbols, rate, seconds):
+    with pytest.raises(ValueError, match="a burst needs"):
+        fake.burst(symbols, rate, seconds)
+
+
+def test_a_client_that_falls_behind_is_closed_with_1008(start_fake, connect):
+    fake = start_fake(max_backlog=50, send_buffer=8192)
+    small = ((socket.SOL_SOCKET, socket.SO_RCVBUF, 8192),)
+    ws = subscribe(fake, connect, "BTCUSDT", sockopt=small)
+    other = subscribe(fake, connect, "ETHUSDT")
+    made = []
+
+    def flooded():  # the writer drains between rounds until the client's buffers are full
+        made.extend(fake.trade("BTCUSDT")["a"] for _ in range(20))
+        return fake.slow_consumers()
+
+    wait_for(flooded, timeout=10)
+    [(_, path, dropped)] = fake.slow_consumers()
+    assert (path, dropped) == ("/market/ws/btcusdt@aggTrade", 50)
+    assert fake.connections("BTCUSDT") == 0  # on its way out: gets nothing more
+    eth = fake.trade("ETHUSDT")
+    assert json.loads(other.recv())["a"] == eth["a"]  # other clients are not affected
+
+    received = []
+    while (frame := ws.recv_data_frame(True))[0] != ABNF.OPCODE_CLOSE:
+        received.append(json.loads(frame[1].data)["a"])
+    assert int.from_bytes(frame[1].data[:2], "big") == 1008
+    # What was sent before the cut, in order; the dropped backlog and later trades never.
+    assert received == made[: len(received)]
+    assert 0 < len(received) <= len(made) - 50
+    wait_for(lambda: fake.subscriptions() == ["/market/ws/ethusdt@aggTrade"])
+    assert [t["a"] for t in fake.history("BTCUSDT")] == made
+
+
+def test_without_a_bound_a_backlog_is_kept(start_fake, connect):
+    fake = start_fake(send_buffer=8192)
+    ws = subscribe(fake, connect, "BTCUSDT", sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 8192),))
+    made = [fake.trade("BTCUSDT")["a"] for _ in range(5000)]  # far more than the buffers hold
+    assert [json.loads(ws.recv())["a"] for _ in made] == made
+    assert fake.slow_consumers() == []
+
+
 def test_rest_pages_from_id_and_skips_holes(fake):
     fake.list_symbol("BTCUSDT", first_id=100)
     for _ in range(10):
@@ -447,6 +539,61 @@ def test_rest_fault_answers_on_demand(fake):
     assert (status, headers["Retry-After"], body["code"]) == (429, "7", -1003)
     assert rest(fake, "symbol=BTCUSDT")[0] == 200
     assert [query for _, query in fake.rest_calls()][2] == {"symbol": "BTCUSDT", "fromId": "1"}
+
+
+def test_exchange_info_lists_the_listed_symbols_at_weight_one(start_fake):
+    clock = Clock(1_791_382_992.5)
+    fake = start_fake(clock=clock)
+    fake.list_symbol("BTCUSDT")
+    fake.list_symbol("BTCUSDT_261225")
+    fake.run_market(["1000PEPEUSDT", "币安人生USDT"], rate=1)
+    fake.stop_market()
+
+    status, headers, body = rest(fake, "", path=EXCHANGE_INFO)
+    assert (status, headers["X-MBX-USED-WEIGHT-1M"]) == (200, "1")
+    assert headers["Content-Type"] == "application/json"
+
+    def info(symbol, pair, contract, base):
+        return {
+            "symbol": symbol,
+            "pair": pair,
+            "contractType": contract,
+            "status": "TRADING",
+            "baseAsset": base,
+            "quoteAsset": "USDT",
+        }
+
+    assert body == {
+        "timezone": "UTC",
+        "serverTime": 1_791_382_992_500,
+        "symbols": [
+            info("BTCUSDT", "BTCUSDT", "PERPETUAL", "BTC"),
+            info("BTCUSDT_261225", "BTCUSDT", "CURRENT_QUARTER", "BTC"),
+            info("1000PEPEUSDT", "1000PEPEUSDT", "PERPETUAL", "1000PEPE"),
+            info("币安人生USDT", "币安人生USDT", "PERPETUAL", "币安人生"),
+        ],
+    }
+    # One budget for both calls: aggTrades costs 20, exchangeInfo 1; each call is recorded.
+    assert rest(fake, "symbol=BTCUSDT")[1]["X-MBX-USED-WEIGHT-1M"] == "21"
+    assert rest(fake, "", path=EXCHANGE_INFO)[1]["X-MBX-USED-WEIGHT-1M"] == "22"
+    assert fake.exchange_info_calls() == [1_791_382_992.5, 1_791_382_992.5]
+    assert len(fake.rest_calls()) == 1
+
+
+def test_exchange_info_raw_body_and_faults(start_fake):
+    fake = start_fake(weight_limit=2)
+    fake.list_symbol("币安人生USDT")
+    fake.rest_fault(503, path=EXCHANGE_INFO)
+    fake.rest_fault(500)  # an aggTrades fault is not used up by exchangeInfo
+
+    assert rest(fake, "", path=EXCHANGE_INFO)[0] == 503
+    with urllib.request.urlopen(f"{fake.rest_url}{EXCHANGE_INFO}", timeout=5) as response:
+        raw = response.read().decode()
+    assert raw.startswith('{"timezone":"UTC","serverTime":')
+    assert '"symbols":[{"symbol":"币安人生USDT","pair":"币安人生USDT",' in raw  # UTF-8, unescaped
+    assert rest(fake, "symbol=" + quote("币安人生USDT"))[0] == 500
+    status, headers, body = rest(fake, "", path=EXCHANGE_INFO)  # weight 23 > 2: refused
+    assert (status, headers["X-MBX-USED-WEIGHT-1M"], body["code"]) == (429, "23", -1003)
 
 
 def test_runs_on_its_own_and_stops_on_sigterm(connect):

@@ -8,9 +8,11 @@ import math
 import random
 import signal
 import socket
+import struct
 import time
+from array import array
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from http import HTTPStatus
 from typing import Any
@@ -22,18 +24,27 @@ import gevent.pool
 import gevent.queue
 from gevent.pywsgi import WSGIServer
 from geventwebsocket.handler import WebSocketHandler
-from geventwebsocket.websocket import Header, WebSocket
+from geventwebsocket.websocket import WebSocket
 
 FIRST_ID = 3_477_868_433
-WEIGHT_PER_CALL = 20
+WEIGHT_PER_CALL = 20  # GET /fapi/v1/aggTrades
+WEIGHT_EXCHANGE_INFO = 1  # GET /fapi/v1/exchangeInfo
+AGG_TRADES, EXCHANGE_INFO = "/fapi/v1/aggTrades", "/fapi/v1/exchangeInfo"
 BAN_SECONDS = 120
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 1000
 CLOSE_WAIT = 2.0  # seconds we wait for the client's answer to our close frame
+SLOW_CONSUMER = 1008  # close code for a connection whose backlog passed max_backlog
+SLOW_CUT = 10.0  # seconds a slow consumer gets to read up to our close frame before the cut
+WRITE_CHUNK = 64 * 1024  # bytes of queued frames a writer joins into one sendall
+BURST_TICK = 0.01  # seconds a burst sleeps when it is ahead of its rate
+BURST_BATCH = 2000  # most trades a burst makes per wake-up, so that others get the hub
+QUOTES = ("USDT", "USDC", "BUSD", "BTC")  # quote assets, for exchangeInfo's base/quote split
 TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 _DROP = -1  # outbox marker: cut the TCP connection without a close frame
 _REFUSED = "fakebinance.refused"  # environ key: answer this handshake with an HTTP error
-_REST_FIELDS = ("a", "p", "q", "nq", "f", "l", "T", "m")
+_REST_ROW = '{"a":%d,"p":"%s","q":"%s","nq":"%s","f":%d,"l":%d,"T":%d,"m":%s}'
+_BOOL = ("false", "true")
 
 
 def lower_ascii(text: str) -> str:
@@ -54,9 +65,33 @@ def split_ws_path(path: str) -> tuple[str, str] | None:
     return None
 
 
+def frame_header(opcode: int, length: int) -> bytes:
+    """The header of an unmasked, final websocket frame of `length` payload bytes (RFC 6455)."""
+    if length < 126:
+        return bytes((0x80 | opcode, length))
+    if length < 1 << 16:
+        return struct.pack("!BBH", 0x80 | opcode, 126, length)
+    return struct.pack("!BBQ", 0x80 | opcode, 127, length)
+
+
 def encode_frame(opcode: int, payload: bytes) -> bytes:
     """One unmasked, final websocket frame, as a server sends it."""
-    return bytes(Header.encode_header(True, opcode, b"", len(payload), 0)) + payload
+    return frame_header(opcode, len(payload)) + payload
+
+
+def price_text(units: int, scale: int) -> str:
+    """`units` * 10**-scale as Binance writes prices: 8309170, 2 -> `83091.70`."""
+    if scale == 0:
+        return str(units)
+    digits = str(units).rjust(scale + 1, "0")
+    return f"{digits[:-scale]}.{digits[-scale:]}"
+
+
+def split_assets(symbol: str) -> tuple[str, str, str]:
+    """(pair, base asset, quote asset) of a symbol: `BTCUSDT_261225` -> BTCUSDT, BTC, USDT."""
+    pair = symbol.split("_", 1)[0]
+    quote = next((q for q in QUOTES if pair.endswith(q) and pair != q), "")
+    return pair, pair[: len(pair) - len(quote)], quote
 
 
 def _wsgi_text(value: str) -> str:
@@ -80,30 +115,167 @@ def _status_line(status: int) -> str:
         return f"{status} Error"
 
 
-@dataclass(slots=True)
 class _Market:
-    """One listed symbol: its id counters, its price walk and every trade made."""
+    """One listed symbol: its id counters, its price walk and every trade made.
 
-    next_id: int
-    price: Decimal
-    next_fill: int
-    ids: list[int] = field(default_factory=list)
-    trades: list[dict] = field(default_factory=list)
+    Trades are kept in columns (arrays of machine integers), not as dicts: a burst makes
+    hundreds of thousands, and a dict per trade would take close to a kilobyte each.
+    """
+
+    __slots__ = (
+        "delays",
+        "fills",
+        "ids",
+        "makers",
+        "next_fill",
+        "next_id",
+        "price",
+        "prices",
+        "qtys",
+        "scale",
+        "spans",
+        "symbol",
+        "template",
+        "texts",
+        "times",
+    )
+
+    def __init__(self, symbol: str, first_id: int, price: str) -> None:
+        self.symbol = symbol
+        self.next_id = first_id
+        self.next_fill = 2 * first_id
+        self.price, self.scale = _units(price)  # the walk, in units of 10**-scale
+        # The raw frame with the symbol in place; the other fields are filled per trade.
+        name = _json(symbol).decode().replace("%", "%%")
+        self.template = (
+            '{"e":"aggTrade","E":%d,"a":%d,"s":' + name + ',"p":"%s","q":"%s","nq":"%s",'
+            '"f":%d,"l":%d,"T":%d,"m":%s,"st":1}'
+        )
+        self.ids = array("q")  # a, strictly increasing
+        self.times = array("q")  # T
+        self.delays = array("H")  # E - T
+        self.prices: list[str] = []  # p, as sent
+        self.texts: dict[tuple[int, int], str] = {}  # one string per price the walk visits
+        self.qtys = array("B")  # q, in thousandths
+        self.fills = array("q")  # f
+        self.spans = array("B")  # l - f
+        self.makers = array("B")  # m
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, rng: random.Random, time_ms: int, price: str | None) -> bytes:
+        """Make the next trade at `time_ms` (on the walk, or at `price`); return its frame."""
+        r = rng.getrandbits(32)  # one draw for every random field: bursts make many trades
+        if price is None:
+            self.price = units = max(self.price + r % 11 - 5, 1)  # a step of -5..+5 units
+            price = self.texts.get((units, self.scale))
+            if price is None:
+                price = self.texts[units, self.scale] = price_text(units, self.scale)
+        else:
+            self.price, self.scale = _units(price)
+        qty, fills = (r >> 4) % 50 + 1, (r >> 10) % 3 + 1
+        delay, maker = (r >> 12) % 196 + 5, (r >> 20) & 1  # E - T: 5..200 ms
+        trade_id, first_fill = self.next_id, self.next_fill
+        self.next_id = trade_id + 1
+        self.next_fill = first_fill + fills
+        self.ids.append(trade_id)
+        self.times.append(time_ms)
+        self.delays.append(delay)
+        self.prices.append(price)
+        self.qtys.append(qty)
+        self.fills.append(first_fill)
+        self.spans.append(fills - 1)
+        self.makers.append(maker)
+        q = _QTY[qty]
+        last_fill = first_fill + fills - 1
+        frame = (time_ms + delay, trade_id, price, q, q, first_fill, last_fill, time_ms)
+        return (self.template % (*frame, _BOOL[maker])).encode()
+
+    def trade(self, i: int) -> dict:
+        """The `i`-th trade as Binance's raw aggTrade frame, decoded."""
+        t, q, f = self.times[i], _QTY[self.qtys[i]], self.fills[i]
+        return {
+            "e": "aggTrade",
+            "E": t + self.delays[i],
+            "a": self.ids[i],
+            "s": self.symbol,
+            "p": self.prices[i],
+            "q": q,
+            "nq": q,
+            "f": f,
+            "l": f + self.spans[i],
+            "T": t,
+            "m": bool(self.makers[i]),
+            "st": 1,
+        }
+
+    def rest_rows(self, start: int, stop: int) -> bytes:
+        """Trades start..stop-1 as the JSON array GET /fapi/v1/aggTrades answers."""
+        ids, prices, qtys, fills, spans, times, makers = (
+            self.ids,
+            self.prices,
+            self.qtys,
+            self.fills,
+            self.spans,
+            self.times,
+            self.makers,
+        )
+        rows = []
+        for i in range(start, stop):
+            q, f = _QTY[qtys[i]], fills[i]
+            row = (ids[i], prices[i], q, q, f, f + spans[i], times[i], _BOOL[makers[i]])
+            rows.append(_REST_ROW % row)
+        return ("[" + ",".join(rows) + "]").encode()
+
+
+def _units(price: str) -> tuple[int, int]:
+    """`83091.70` -> (8309170, 2): a decimal price as an integer and its decimal places."""
+    exponent = Decimal(price).as_tuple().exponent
+    scale = max(-exponent, 0) if isinstance(exponent, int) else 0
+    return int(Decimal(price).scaleb(scale)), scale
+
+
+_QTY = [f"0.{n:03d}" for n in range(51)]  # trade quantities: 0.001 to 0.050
+
+
+@dataclass(frozen=True, slots=True)
+class Burst:
+    """What a burst made: per symbol its first and last id; `trades` in all in `seconds`."""
+
+    ids: dict[str, tuple[int, int]]
+    trades: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        """Trades per second it reached."""
+        return self.trades / self.seconds if self.seconds > 0 else 0.0
 
 
 class _Conn:
     """One open websocket; only its writer greenlet writes to the socket."""
 
-    __slots__ = ("closing", "outbox", "path", "peer_closed", "sock", "stalled", "stream")
+    __slots__ = (
+        "closing",
+        "ended",
+        "outbox",
+        "path",
+        "peer_closed",
+        "sock",
+        "stalled",
+        "stream",
+    )
 
     def __init__(self, path: str, stream: str | None, sock: socket.socket) -> None:
         self.path = path
         self.stream = stream  # None on a dead route: such a socket never gets anything
         self.sock = sock
-        self.outbox: gevent.queue.Queue = gevent.queue.Queue()
+        self.outbox: gevent.queue.Queue = gevent.queue.Queue()  # frames not yet sent
         self.stalled = False
         self.closing = False  # a close frame or a drop is on its way
         self.peer_closed = gevent.event.Event()
+        self.ended = gevent.event.Event()  # the connection is gone
 
 
 class _Weight:
@@ -117,12 +289,12 @@ class _Weight:
         self.used = 0
         self.banned_until = 0.0
 
-    def charge(self, now: float) -> int:
-        """Count one call at `now`; return the weight used in this minute."""
+    def charge(self, now: float, weight: int = WEIGHT_PER_CALL) -> int:
+        """Count one call of `weight` at `now`; return the weight used in this minute."""
         minute = int(now // 60)
         if minute != self.minute:
             self.minute, self.used = minute, 0
-        self.used += WEIGHT_PER_CALL
+        self.used += weight
         return self.used
 
     def verdict(self, now: float) -> tuple[int, int | None]:
@@ -149,16 +321,23 @@ class FakeBinance:
         ping_interval: float = 180.0,
         retention: int | None = None,
         weight_limit: int = 2400,
+        max_backlog: int | None = None,
+        send_buffer: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`max_backlog`: frames a websocket may have queued, unsent, before it is closed with
+        1008 as a slow consumer (None: no bound). `send_buffer`: SO_SNDBUF of each websocket
+        in bytes (None: the system's, which grows to megabytes on loopback)."""
         self._address = (host, port)
         self._ping_interval = ping_interval
         self._retention = retention  # how many of the most recent ids REST still serves
+        self._max_backlog = max_backlog
+        self._send_buffer = send_buffer
         self._clock = clock
         self._rng = random.Random(0)  # noqa: S311 - a reproducible market, not cryptography
         self._server: WSGIServer | None = None
         self._workers = gevent.pool.Group()  # one writer per websocket
-        self._market = gevent.pool.Group()  # trade generators of run_market()
+        self._market = gevent.pool.Group()  # trade generators of run_market() and burst()
         self._markets: dict[str, _Market] = {}
         self._streams: set[str] = set()  # streams of the listed symbols
         self._conns: list[_Conn] = []
@@ -166,8 +345,10 @@ class FakeBinance:
         self._handshakes: list[tuple[float, str]] = []
         self._refusals: list[int] = []
         self._weight = _Weight(weight_limit)
-        self._rest_faults: list[tuple[int, int | None]] = []
+        self._rest_faults: dict[str, list[tuple[int, int | None]]] = {}
         self._rest_calls: list[tuple[float, dict[str, str]]] = []
+        self._info_calls: list[float] = []
+        self._slow_consumers: list[tuple[float, str, int]] = []
 
     # -- life cycle
 
@@ -227,45 +408,19 @@ class FakeBinance:
             return
         if first_id is None:
             first_id = FIRST_ID + 1_000_000 * len(self._markets)
-        self._markets[symbol] = _Market(first_id, Decimal(price), next_fill=2 * first_id)
+        self._markets[symbol] = _Market(symbol, first_id, price)
         self._streams.add(stream_name(symbol))
 
     def trade(self, symbol: str, *, price: str | None = None, time_ms: int | None = None) -> dict:
         """Make the symbol's next aggregate trade, record it and queue it to its streams."""
         self.list_symbol(symbol)
-        market, rng = self._markets[symbol], self._rng
-        if price is None:
-            unit = Decimal(1).scaleb(market.price.as_tuple().exponent)
-            market.price = max(market.price + rng.randint(-5, 5) * unit, unit)
-            price = format(market.price, "f")
-        else:
-            market.price = Decimal(price)
+        market = self._markets[symbol]
         t = int(self._clock() * 1000) if time_ms is None else time_ms
-        qty = format(Decimal(rng.randint(1, 50)).scaleb(-3), "f")
-        fills = rng.randint(1, 3)
-        trade = {
-            "e": "aggTrade",
-            "E": t + rng.randint(5, 200),
-            "a": market.next_id,
-            "s": symbol,
-            "p": price,
-            "q": qty,
-            "nq": qty,
-            "f": market.next_fill,
-            "l": market.next_fill + fills - 1,
-            "T": t,
-            "m": rng.random() < 0.5,
-            "st": 1,
-        }
-        market.next_id += 1
-        market.next_fill += fills
-        market.ids.append(trade["a"])
-        market.trades.append(trade)
-        payload = _json(trade)
+        payload = market.add(self._rng, t, price)
         for conn in self._conns_of(symbol):
             if not conn.stalled:
-                conn.outbox.put((TEXT, payload))
-        return dict(trade)
+                self._queue(conn, TEXT, payload)
+        return market.trade(len(market) - 1)
 
     def skip_ids(self, symbol: str, n: int) -> None:
         """Leave a hole of `n` ids in the symbol's history, as Binance's own history has."""
@@ -273,9 +428,9 @@ class FakeBinance:
         self._markets[symbol].next_id += n
 
     def history(self, symbol: str) -> list[dict]:
-        """Every trade made for the symbol, oldest first (the fake's own dicts: do not mutate)."""
+        """Every trade made for the symbol, oldest first (new dicts, made on each call)."""
         market = self._markets.get(symbol)
-        return list(market.trades) if market else []
+        return [market.trade(i) for i in range(len(market))] if market else []
 
     def run_market(self, symbols: Iterable[str], rate: float) -> None:
         """Trade the symbols at `rate` trades per second in all (Poisson), until stop_market()."""
@@ -284,13 +439,62 @@ class FakeBinance:
             self.list_symbol(symbol)
             self._market.spawn(self._trade_forever, symbol, rate / len(symbols))
 
+    def burst(self, symbols: Iterable[str], rate: float, seconds: float) -> gevent.Greenlet:
+        """Trade the symbols in turn at `rate` trades per second in all, for `seconds`.
+
+        Returns at once; the returned greenlet (owned by the fake: stop_market() kills it)
+        makes the trades in batches, one per wake-up, and ends with a `Burst` as its value.
+        If the fake cannot keep up, it makes fewer: `Burst.rate` says how many it reached.
+        """
+        symbols = list(symbols)
+        if not symbols or rate <= 0 or seconds <= 0:
+            raise ValueError("a burst needs symbols, a positive rate and a positive length")
+        for symbol in symbols:
+            self.list_symbol(symbol)
+        return self._market.spawn(self._burst, symbols, rate, seconds)
+
     def stop_market(self) -> None:
+        """Kill the trade generators of run_market() and burst()."""
         self._market.kill(timeout=1)
 
     def _trade_forever(self, symbol: str, rate: float) -> None:
         while True:
             self.trade(symbol)
             gevent.sleep(self._rng.expovariate(rate))
+
+    def _burst(self, symbols: list[str], rate: float, seconds: float) -> Burst:
+        markets = [self._markets[symbol] for symbol in symbols]
+        first_ids = [market.next_id for market in markets]
+        rng, n, made = self._rng, len(markets), 0
+        start = time.monotonic()
+        end = start + seconds
+        while True:
+            now = time.monotonic()
+            due = min(int((min(now, end) - start) * rate) - made, BURST_BATCH)
+            if due > 0:
+                t = int(self._clock() * 1000)
+                # Frames per symbol first, then to each connection: one lookup per batch.
+                batches: list[list[bytes]] = [[] for _ in markets]
+                for k in range(made, made + due):
+                    batches[k % n].append(markets[k % n].add(rng, t, None))
+                made += due
+                for symbol, payloads in zip(symbols, batches, strict=True):
+                    for conn in self._conns_of(symbol):
+                        if conn.stalled:
+                            continue
+                        for payload in payloads:
+                            if not self._queue(conn, TEXT, payload):
+                                break
+            if now >= end:
+                break
+            # A full batch means the fake is behind its rate: only yield, then catch up.
+            gevent.sleep(0 if due == BURST_BATCH else BURST_TICK)
+        took = time.monotonic() - start
+        ids = {
+            symbol: (first, market.next_id - 1)
+            for symbol, first, market in zip(symbols, first_ids, markets, strict=True)
+        }
+        return Burst(ids=ids, trades=made, seconds=took)
 
     # -- observations
 
@@ -311,8 +515,17 @@ class FakeBinance:
         return self._pongs.get(stream_name(symbol), 0)
 
     def rest_calls(self) -> list[tuple[float, dict[str, str]]]:
-        """(clock time, query parameters) of every REST call, answered or not."""
+        """(clock time, query parameters) of every aggTrades call, answered or not."""
         return list(self._rest_calls)
+
+    def exchange_info_calls(self) -> list[float]:
+        """Clock time of every exchangeInfo call, answered or not."""
+        return list(self._info_calls)
+
+    def slow_consumers(self) -> list[tuple[float, str, int]]:
+        """(clock time, path, frames dropped) of every websocket closed with 1008 because its
+        unsent backlog passed `max_backlog`, oldest first."""
+        return list(self._slow_consumers)
 
     # -- faults; each acts on every open connection of the symbol's stream
 
@@ -333,19 +546,51 @@ class FakeBinance:
         """Send a text (or binary) frame of any payload, even invalid UTF-8; stalled or not."""
         payload = data.encode() if isinstance(data, str) else data
         for conn in self._conns_of(symbol):
-            conn.outbox.put((BINARY if binary else TEXT, payload))
+            self._queue(conn, BINARY if binary else TEXT, payload)
 
     def refuse_handshakes(self, count: int, status: int = 503) -> None:
         """Answer the next `count` websocket handshakes with HTTP `status` instead of an upgrade."""
         self._refusals.extend([status] * count)
 
-    def rest_fault(self, status: int, count: int = 1, retry_after: int | None = None) -> None:
-        """Answer the next `count` REST calls with HTTP `status` (and Retry-After if given)."""
-        self._rest_faults.extend([(status, retry_after)] * count)
+    def rest_fault(
+        self, status: int, count: int = 1, retry_after: int | None = None, *, path: str = AGG_TRADES
+    ) -> None:
+        """Answer the next `count` REST calls to `path` (aggTrades unless told) with HTTP
+        `status`, and Retry-After if given."""
+        self._rest_faults.setdefault(path, []).extend([(status, retry_after)] * count)
 
     def _conns_of(self, symbol: str) -> list[_Conn]:
         stream = stream_name(symbol)
         return [c for c in self._conns if c.stream == stream and not c.closing]
+
+    def _queue(self, conn: _Conn, opcode: int, payload: bytes) -> bool:
+        """Queue a data frame to `conn`, unless that passes `max_backlog`: then close it as a
+        slow consumer. Returns whether the frame was queued."""
+        if conn.closing:
+            return False
+        if self._max_backlog is not None and conn.outbox.qsize() >= self._max_backlog:
+            self._close_slow_consumer(conn)
+            return False
+        conn.outbox.put((opcode, payload))
+        return True
+
+    def _close_slow_consumer(self, conn: _Conn) -> None:
+        """Drop what `conn` has not been sent, send 1008 next, and cut the TCP connection if
+        the client has not read that far within SLOW_CUT seconds."""
+        conn.closing = True
+        dropped = 0
+        with contextlib.suppress(gevent.queue.Empty):
+            while True:
+                conn.outbox.get_nowait()
+                dropped += 1
+        conn.outbox.put((CLOSE, SLOW_CONSUMER.to_bytes(2, "big")))
+        self._slow_consumers.append((self._clock(), conn.path, dropped))
+        self._workers.spawn(self._cut_after, conn, SLOW_CUT)
+
+    @staticmethod
+    def _cut_after(conn: _Conn, seconds: float) -> None:
+        if not conn.ended.wait(seconds):
+            _shutdown(conn.sock)
 
     def _post_last(self, symbol: str, opcode: int, payload: bytes) -> None:
         for conn in self._conns_of(symbol):
@@ -375,8 +620,9 @@ class FakeBinance:
         headers: list[tuple[str, str]] = []
         if _REFUSED in environ:
             status, body = environ[_REFUSED], b""
-        elif path == "/fapi/v1/aggTrades":
-            status, headers, body = self._rest(_wsgi_text(environ.get("QUERY_STRING", "")))
+        elif path in (AGG_TRADES, EXCHANGE_INFO):
+            query = _wsgi_text(environ.get("QUERY_STRING", ""))
+            status, headers, body = self._rest(path, query)
         else:
             status, body = 404, b""
         headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
@@ -386,6 +632,8 @@ class FakeBinance:
     def _serve(self, ws: WebSocket, path: str) -> None:
         route, stream = split_ws_path(path) or ("", "")
         conn = _Conn(path, stream if route == "/market/ws/" else None, ws.handler.socket)
+        if self._send_buffer is not None:
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
         self._conns.append(conn)
         writer = self._workers.spawn(self._write_loop, conn)
         try:
@@ -394,6 +642,7 @@ class FakeBinance:
             self._conns.remove(conn)
             writer.kill()
             _shutdown(conn.sock)  # also makes gevent-websocket's own closing frame fail quietly
+            conn.ended.set()
 
     def _read_loop(self, ws: WebSocket, conn: _Conn) -> None:
         """Read control frames until the client is gone; client messages are ignored."""
@@ -418,20 +667,33 @@ class FakeBinance:
             conn.sock.sendall(encode_frame(PING, str(int(self._clock() * 1000)).encode()))
 
     def _write_loop(self, conn: _Conn) -> None:
-        """Send what the outbox holds, and a ping every ping_interval; hang up at the end."""
+        """Send what the outbox holds, and a ping every ping_interval; hang up at the end.
+
+        Frames queued meanwhile go out together, up to WRITE_CHUNK bytes per sendall: while a
+        slow client keeps that sendall waiting, the outbox (the backlog) grows."""
         next_ping = time.monotonic() + self._ping_interval
+        outbox, sendall = conn.outbox, conn.sock.sendall
         try:
             while True:
                 wait = max(0.0, next_ping - time.monotonic())
                 try:
-                    opcode, payload = conn.outbox.get(timeout=wait)
+                    opcode, payload = outbox.get(timeout=wait)
                 except gevent.queue.Empty:
                     next_ping = time.monotonic() + self._ping_interval
                     self._ping(conn)
                     continue
+                chunk: list[bytes] = []
+                size = 0
+                while opcode != _DROP:
+                    chunk += (frame_header(opcode, len(payload)), payload)
+                    size += len(payload)
+                    if opcode == CLOSE or size >= WRITE_CHUNK or outbox.empty():
+                        break
+                    opcode, payload = outbox.get_nowait()
+                if chunk:
+                    sendall(b"".join(chunk))
                 if opcode == _DROP:
                     return
-                conn.sock.sendall(encode_frame(opcode, payload))
                 if opcode == CLOSE:
                     conn.peer_closed.wait(timeout=CLOSE_WAIT)
                     return
@@ -440,19 +702,27 @@ class FakeBinance:
         finally:
             _shutdown(conn.sock)
 
-    def _rest(self, query_string: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    def _rest(self, path: str, query_string: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Charge the call's weight, then answer it, or refuse it (429, 418, a fault)."""
         now = self._clock()
         query = dict(parse_qsl(query_string))
-        self._rest_calls.append((now, query))
-        used = self._weight.charge(now)
-        if self._rest_faults:
-            status, retry_after = self._rest_faults.pop(0)
+        if path == EXCHANGE_INFO:
+            self._info_calls.append(now)
+            used = self._weight.charge(now, WEIGHT_EXCHANGE_INFO)
+        else:
+            self._rest_calls.append((now, query))
+            used = self._weight.charge(now)
+        faults = self._rest_faults.get(path)
+        if faults:
+            status, retry_after = faults.pop(0)
         else:
             status, retry_after = self._weight.verdict(now)
         headers = [("X-MBX-USED-WEIGHT-1M", str(used))]
         if retry_after is not None:
             headers.append(("Retry-After", str(retry_after)))
-        if status == 200:
+        if status == 200 and path == EXCHANGE_INFO:
+            status, body = self._exchange_info()
+        elif status == 200:
             status, body = self._agg_trades(query)
         elif status == 429:
             msg = f"Too many requests; current limit is {self._weight.limit} weight per minute."
@@ -463,6 +733,24 @@ class FakeBinance:
         else:
             body = _json({"code": -1000, "msg": "An unknown error occurred."})
         return status, headers, body
+
+    def _exchange_info(self) -> tuple[int, bytes]:
+        """GET /fapi/v1/exchangeInfo: the listed symbols, in the order they were listed."""
+        listed = []
+        for symbol in self._markets:
+            pair, base, quote = split_assets(symbol)
+            listed.append(
+                {
+                    "symbol": symbol,
+                    "pair": pair,
+                    "contractType": "PERPETUAL" if pair == symbol else "CURRENT_QUARTER",
+                    "status": "TRADING",
+                    "baseAsset": base,
+                    "quoteAsset": quote,
+                }
+            )
+        server_time = int(self._clock() * 1000)
+        return 200, _json({"timezone": "UTC", "serverTime": server_time, "symbols": listed})
 
     def _agg_trades(self, query: dict[str, str]) -> tuple[int, bytes]:
         """GET /fapi/v1/aggTrades: oldest first from `fromId` inclusive, else the latest `limit`."""
@@ -486,8 +774,7 @@ class FakeBinance:
             return 400, _json({"code": -4166, "msg": msg})
         else:
             start = bisect.bisect_left(market.ids, from_id)
-        rows = [{k: t[k] for k in _REST_FIELDS} for t in market.trades[start : start + limit]]
-        return 200, _json(rows)
+        return 200, market.rest_rows(start, min(start + limit, len(market)))
 
 
 def main(argv: list[str] | None = None) -> int:
