@@ -1,11 +1,13 @@
 """The process-wide limits, on an injected clock: exact timelines, no window over its limit."""
 
+import math
+
 import gevent
 import gevent.event
 import gevent.pool
 import pytest
 
-from tickd.limits import ATTEMPT_WINDOWS, AttemptLimiter, WeightLimiter
+from tickd.limits import ATTEMPT_WINDOWS, MAX_BLOCK, AttemptLimiter, WeightLimiter
 
 
 class FakeTime:
@@ -99,4 +101,33 @@ def test_binance_count_and_blocks_are_honoured():
     assert limiter.delay(t.now, 20) == 60.0
     t.now = 60_060.0
     limiter.block(130)  # a 418 ban
+    assert limiter.delay(t.now, 20) == 130.0
+
+
+@pytest.mark.parametrize(
+    ("seconds", "delay"),
+    [
+        (130.0, 130.0),
+        (1e9, MAX_BLOCK),  # Binance's longest ban is 3 days
+        (math.inf, 0.0),  # a number that cannot be trusted blocks nothing
+        (math.nan, 0.0),
+        (-5.0, 0.0),
+        (-math.inf, 0.0),
+    ],
+    ids=["130", "1e9", "inf", "nan", "-5", "-inf"],
+)
+def test_a_block_lasts_three_days_at_most(seconds, delay):
+    t = FakeTime(start=60_010.0)
+    limiter = WeightLimiter(1200, clock=t.clock, sleep=t.sleep)
+    limiter.block(seconds)
+    assert limiter.delay(t.now, 20) == delay
+    assert MAX_BLOCK == 3 * 24 * 3600
+
+
+def test_a_garbled_block_does_not_shorten_a_real_one():
+    t = FakeTime(start=60_000.0)
+    limiter = WeightLimiter(1200, clock=t.clock, sleep=t.sleep)
+    limiter.block(130)
+    for seconds in (math.nan, -1.0, math.inf, 0.0):
+        limiter.block(seconds)
     assert limiter.delay(t.now, 20) == 130.0

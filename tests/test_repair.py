@@ -2,6 +2,7 @@
 
 import itertools
 import logging
+import sqlite3
 import time
 
 import gevent
@@ -13,8 +14,8 @@ from conftest import wait_for
 from tickd.database import Database
 from tickd.fakebinance import FakeBinance
 from tickd.limits import WeightLimiter
-from tickd.repair import Gaps, Repair, Stats
-from tickd.rest import Rest, RestError
+from tickd.repair import EMPTY_ANSWERS, RETRY_CAP, Gaps, Repair, Stats
+from tickd.rest import PAGE, Rest, RestError
 from tickd.wire import Tick
 
 spans = st.tuples(st.integers(0, 60), st.integers(0, 8)).map(lambda t: (t[0], t[0] + t[1]))
@@ -154,3 +155,121 @@ def test_a_418_stops_every_call_for_two_minutes_at_least(fake):
         rest.agg_trades("BTCUSDT", limit=1)
     assert info.value.status == 418
     assert limiter.delay(time.time(), 20) >= 119
+
+
+class Delays:
+    """A sleep that takes no time and remembers what it was asked for."""
+
+    def __init__(self):
+        self.asked = []
+
+    def __call__(self, seconds):
+        self.asked.append(seconds)
+        gevent.sleep(0)
+
+
+def test_a_write_that_fails_is_retried_and_never_called_unfillable(tmp_path, fake, caplog):
+    path = tmp_path / "locked.db"
+    db = Database(str(path), lock_wait=0.01)
+    db.open()
+    db.ensure_table("BTCUSDT")
+    # Another program holds the write lock, as the sqlite3 shell in a transaction would.
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    other.execute("BEGIN EXCLUSIVE")
+    delays = Delays()
+    worker = Repair("BTCUSDT", db, Rest(fake.rest_url, WeightLimiter(2400)), Stats(), sleep=delays)
+    greenlet = gevent.spawn(worker.run)
+    try:
+        trades = [fake.trade("BTCUSDT") for _ in range(20)]
+        worker.add(trades[1]["a"], trades[-2]["a"])
+        wait_for(
+            lambda: worker.stats.write_errors > EMPTY_ANSWERS + 2 or not worker.gaps,
+            10,
+            "failed writes",
+        )
+        assert worker.gaps.count() == 18  # still queued
+        assert worker.stats.ids_unfillable == 0
+        assert "unfillable" not in caplog.text
+        # Retried with the doubling delay, capped, for as long as it takes.
+        assert delays.asked[:12] == [2**n for n in range(9)] + [RETRY_CAP] * 3
+        other.execute("ROLLBACK")
+        wait_for(lambda: not worker.gaps, 10, "the gap to be filled")
+        assert db.ticks("BTCUSDT") == as_rows(trades[1:])
+        assert not greenlet.dead
+    finally:
+        greenlet.kill()
+        other.close()
+        db.close()
+
+
+class FailingRest:
+    """The real Rest, but the calls numbered in `failures` raise what is given instead."""
+
+    def __init__(self, rest, failures):
+        self.rest = rest
+        self.failures = failures
+        self.calls = 0
+
+    def agg_trades(self, symbol, from_id=None, limit=PAGE):
+        self.calls += 1
+        failure = self.failures.pop(self.calls, None)
+        if failure is not None:
+            raise failure
+        return self.rest.agg_trades(symbol, from_id, limit)
+
+
+class FailingNeighbours:
+    """The real Database, but neighbour_times fails the first `count` times."""
+
+    def __init__(self, db, count):
+        self.db = db
+        self.count = count
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+    def neighbour_times(self, symbol, first, last):
+        if self.count:
+            self.count -= 1
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.db.neighbour_times(symbol, first, last)
+
+
+@pytest.mark.parametrize(
+    ("rest_failures", "neighbour_failures", "error"),
+    [
+        ({1: OverflowError("cannot convert float infinity to integer")}, 0, "OverflowError"),
+        ({2: ValueError("invalid literal")}, 0, "ValueError"),  # the first bisection probe
+        ({}, 1, "OperationalError: disk I/O error"),
+    ],
+    ids=["page", "bisection", "neighbour_times"],
+)
+def test_the_worker_outlives_an_unexpected_error(
+    tmp_path, caplog, rest_failures, neighbour_failures, error
+):
+    with FakeBinance(retention=1000) as exchange:
+        database = Database(str(tmp_path / "w.db"))
+        database.open()
+        database.ensure_table("BTCUSDT")
+        rest = FailingRest(Rest(exchange.rest_url, WeightLimiter(2400)), rest_failures)
+        db = FailingNeighbours(database, neighbour_failures)
+        delays = Delays()
+        worker = Repair("BTCUSDT", db, rest, Stats(), sleep=delays)
+        greenlet = gevent.spawn(worker.run)
+        try:
+            trades = [exchange.trade("BTCUSDT") for _ in range(1500)]
+            worker.add(trades[1]["a"], trades[-2]["a"])
+            wait_for(lambda: greenlet.dead or not worker.gaps, 10)
+            assert not greenlet.dead
+            # Only the ids older than the window are given up, once; the rest are stored.
+            assert database.ticks("BTCUSDT") == as_rows(trades[500:])
+            assert worker.stats.ids_unfillable == 499
+            assert caplog.text.count("unfillable gap") == 1
+            (line,) = [r for r in caplog.records if "unexpectedly" in r.message]
+            assert line.levelname == "ERROR" and line.exc_info is None  # one line, no traceback
+            assert line.message.startswith("repair failed unexpectedly, retrying symbol=BTCUSDT")
+            assert error in line.message
+            assert delays.asked == [1]
+        finally:
+            greenlet.kill()
+            database.close()

@@ -4,6 +4,7 @@ and REST request weight. Waits are cooperative and first come, first served."""
 from __future__ import annotations
 
 import collections
+import math
 import time
 from collections.abc import Callable
 
@@ -16,6 +17,8 @@ ATTEMPT_WINDOWS = (
     (300, 300.0 + 2.0),
     (10, 1.0 + 0.1),
 )
+# Binance's longest ban (418) is 3 days: no answer of its, true or garbled, stops us longer.
+MAX_BLOCK = 3 * 24 * 3600.0
 
 
 class AttemptLimiter:
@@ -116,8 +119,12 @@ class WeightLimiter:
         self.used = max(self.used, used)
 
     def block(self, seconds: float) -> None:
-        """No call for `seconds` from now."""
-        self._blocked_until = max(self._blocked_until, self._clock() + seconds)
+        """No call for `seconds` from now, at most MAX_BLOCK. A value that is not a finite,
+        non-negative number (from an answer that cannot be trusted) blocks nothing."""
+        if not (math.isfinite(seconds) and seconds >= 0):
+            return
+        until = self._clock() + min(seconds, MAX_BLOCK)
+        self._blocked_until = max(self._blocked_until, until)
 
     def seconds_to_next_minute(self) -> float:
         now = self._clock()

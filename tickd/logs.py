@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import TextIO
@@ -40,6 +41,17 @@ def kv(**context: object) -> str:
             text = ascii(text) if not text.isprintable() else repr(text)
         parts.append(f"{key}={text}")
     return " ".join(parts)
+
+
+def failure(exc: BaseException) -> str:
+    """An unexpected exception on one line: its type, message and where it was raised."""
+    where = ""
+    tb = exc.__traceback__
+    if tb is not None:
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f" at {os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}"
+    return f"{type(exc).__name__}: {exc}{where}"
 
 
 class Throttle:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import enum
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -11,7 +12,7 @@ import gevent
 import gevent.event
 
 from .database import Database
-from .logs import Throttle, kv
+from .logs import Throttle, failure, kv
 from .rest import INVALID_SYMBOL, OUT_OF_WINDOW, Rest, RestError
 from .status import format_time
 
@@ -74,6 +75,14 @@ class Gaps:
         self._lasts[i:j] = keep_lasts
 
 
+class _Outcome(enum.Enum):
+    """What became of one page."""
+
+    STORED = "stored"  # its trades are in the table
+    EMPTY = "empty"  # Binance answered no trade from the id asked
+    UNWRITTEN = "unwritten"  # Binance answered trades, the database did not take them
+
+
 class Stats:
     """Per-symbol counters, for logs and /metrics."""
 
@@ -89,9 +98,10 @@ class Repair:
 
     `add(first, last)` queues ids; the worker fetches pages of up to 1000 trades from the
     oldest queued id, stores each page in one transaction, and removes from the queue every
-    id the page accounts for (stored, or absent from Binance's own history). Failures are
-    retried with a doubling delay up to 5 minutes; only ids Binance no longer serves
-    (older than its REST window, about 48 h) are given up, and logged as unfillable.
+    id the page accounts for (stored, or absent from Binance's own history). Failures (REST,
+    database, anything unforeseen) are retried with a doubling delay up to 5 minutes, for as
+    long as it takes; only ids Binance no longer serves (older than its REST window, about
+    48 h, or never served after many empty answers) are given up, and logged as unfillable.
     """
 
     def __init__(
@@ -102,6 +112,7 @@ class Repair:
         stats: Stats,
         *,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] = gevent.sleep,
     ):
         self.symbol = symbol
         self.gaps = Gaps()
@@ -109,6 +120,8 @@ class Repair:
         self._db = db
         self._rest = rest
         self._clock = clock
+        self._sleep = sleep
+        self._empty = 0  # empty answers in a row
         self._wake = gevent.event.Event()
         self._not_listed = Throttle(NOT_LISTED_EVERY, clock)
         self._started: float | None = None  # when the queue last became non-empty
@@ -123,7 +136,10 @@ class Repair:
         self._wake.set()
 
     def run(self) -> None:
-        delay, empty = RETRY_FIRST, 0
+        """Work the queue until killed. An Exception of any kind is logged and retried (only
+        a BaseException such as GreenletExit ends it), and a gap leaves the queue only once
+        stored or found unfillable."""
+        delay = RETRY_FIRST
         while True:
             if not self.gaps:
                 self._wake.clear()
@@ -131,33 +147,54 @@ class Repair:
                 continue
             first, last = self.gaps.first()
             try:
-                served = self._page(first, last)
-            except RestError as exc:
-                served = exc.code == OUT_OF_WINDOW and self._give_up_old(first, last)
-                if not served:
-                    self._log_failure(exc)
-            else:
-                empty = 0 if served else empty + 1
-                if empty >= EMPTY_ANSWERS:
-                    self._unfillable(first, last, "Binance serves no trade from this id")
-                    served, empty = True, 0
-            if served:
+                done = self._step(first, last)
+            except Exception as exc:  # noqa: BLE001 - a bug or an answer nobody foresaw
+                log.error(
+                    "repair failed unexpectedly, retrying %s",
+                    kv(symbol=self.symbol, error=failure(exc)),
+                )
+                done = False
+            if done:
                 delay = RETRY_FIRST
-                self._report_progress()
                 gevent.sleep(0)  # other greenlets run between pages
             else:
-                gevent.sleep(delay)
+                self._sleep(delay)
                 delay = min(delay * 2, RETRY_CAP)
 
-    def _page(self, first: int, last: int) -> bool:
-        """Fetch and store one page from `first`. False if it could not be stored or was empty."""
+    def _step(self, first: int, last: int) -> bool:
+        """One page from `first`, and what follows from its answer. False if the caller
+        should wait before the next."""
+        try:
+            outcome = self._page(first, last)
+        except RestError as exc:
+            if exc.code == OUT_OF_WINDOW and self._give_up_old(first, last):
+                self._report_progress()
+                return True
+            self._log_failure(exc)
+            return False
+        if outcome is _Outcome.UNWRITTEN:
+            # The page had trades, so Binance serves them: the database is what failed
+            # (it has logged why). Retried for as long as it takes; never given up.
+            self._empty = 0
+            return False
+        if outcome is _Outcome.EMPTY:
+            self._empty += 1
+            if self._empty < EMPTY_ANSWERS:
+                return False
+            self._unfillable(first, last, "Binance serves no trade from this id")
+        self._empty = 0
+        self._report_progress()
+        return True
+
+    def _page(self, first: int, last: int) -> _Outcome:
+        """Fetch and store one page from `first`. Raises RestError."""
         ticks = self._rest.agg_trades(self.symbol, from_id=first)
         ticks = [tick for tick in ticks if tick.id >= first]
         if not ticks:
-            return False
+            return _Outcome.EMPTY
         if not self._db.insert_many(self.symbol, ticks):
             self.stats.write_errors += 1
-            return False
+            return _Outcome.UNWRITTEN
         # Every id from `first` to the page's last one is now stored or never existed:
         # the answer lists consecutive trades, so an id it skips is a hole in Binance's history.
         covered = ticks[-1].id
@@ -166,7 +203,7 @@ class Repair:
         self.gaps.remove(first, covered)
         self.stats.ids_repaired += queued
         self._repaired_since += queued
-        return True
+        return _Outcome.STORED
 
     def _report_progress(self) -> None:
         if not self.gaps and self._started is not None:
