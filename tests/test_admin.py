@@ -3,6 +3,7 @@
 import io
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from conftest import ROOT, wait_for
 from tickd import admin
 from tickd.database import INDEX_DDL, PRICES_DDL, SETTINGS_DDL, quote
+from tickd.status import quoted
 
 DAY = "2026-11-30"
 MIDNIGHT = 1_795_996_800_000  # 2026-11-30T00:00:00Z in ms
@@ -60,11 +62,24 @@ def settings(path):
     return query(path, "SELECT symbol, enabled FROM symbol_settings ORDER BY rowid")
 
 
-def run(db_path, *argv):
-    """(status, stdout, stderr) of admin.main in this process."""
+def closed_port():
+    """A local TCP port nothing listens on (it was free a moment ago)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run(db_path, *argv, rest_url=None):
+    """(status, stdout, stderr) of admin.main in this process. Binance's REST API is
+    `rest_url`, by default a closed port: no test reaches the real exchange."""
     out, err = io.StringIO(), io.StringIO()
-    status = admin.main(list(argv), {"DB_PATH": str(db_path)}, out, err)
+    env = {"DB_PATH": str(db_path), "BINANCE_REST_URL": rest_url or unreachable()}
+    status = admin.main(list(argv), env, out, err)
     return status, out.getvalue(), err.getvalue()
+
+
+def unreachable():
+    return f"http://127.0.0.1:{closed_port()}"
 
 
 def read_csv(text):
@@ -109,11 +124,76 @@ def test_iso_time_keeps_milliseconds():
         (" ethusdt ", 1, ('" ethusdt "', "on", "(recorded as ETHUSDT)")),
         ("BTC/USDT", 1, ('"BTC/USDT"', "off", "(invalid symbol, ignored)")),
         ("A\nB", 1, ('"A\\nB"', "off", "(invalid symbol, ignored)")),
+        ('BTC"; DROP', 1, ('"BTC\\"; DROP"', "off", "(invalid symbol, ignored)")),
+        ('" btc" ', 0, ('"\\" btc\\" "', "off", "(invalid symbol, ignored)")),
     ],
-    ids=["on", "off", "null", "not-normalised", "invalid", "newline"],
+    ids=["on", "off", "null", "not-normalised", "invalid", "newline", "quote", "quotes"],
 )
 def test_rows_are_described_as_the_store_reads_them(raw, enabled, line):
     assert admin.describe(raw, enabled) == line
+
+
+def test_exchange_information_is_read_as_symbol_and_status():
+    body = (
+        b'{"timezone":"UTC","symbols":[{"symbol":"BTCUSDT","pair":"BTCUSDT","status":"TRADING"},'
+        b'{"symbol":"BTCUSDT_250328","status":"SETTLING","contractType":"CURRENT_QUARTER"}]}'
+    )
+    assert admin.parse_listing(body) == {"BTCUSDT": "TRADING", "BTCUSDT_250328": "SETTLING"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"<html>",
+        b"[]",
+        b"{}",
+        b'{"symbols":[]}',
+        b'{"symbols":[{"symbol":"X"}]}',
+        b'{"symbols":{"X":1}}',
+        b'{"symbols":[{"symbol":1,"status":"TRADING"}]}',
+        b"\xff",
+        b"[" * 100_000,
+    ],
+    ids=[
+        "empty",
+        "html",
+        "list",
+        "no-symbols",
+        "none-listed",
+        "no-status",
+        "not-a-list",
+        "not-text",
+        "not-utf8",
+        "deep",
+    ],
+)
+def test_anything_else_is_not_exchange_information(body):
+    with pytest.raises(ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        admin.parse_listing(body)
+
+
+@pytest.mark.parametrize(
+    ("status", "warning"),
+    [
+        ("TRADING", None),
+        (
+            None,
+            "warning: Binance USD-M futures does not list BTCUSD (a typo?). The store will try "
+            "it anyway, and records nothing while it does not trade. "
+            "To remove it: make symbol-remove SYMBOL=BTCUSD",
+        ),
+        (
+            "SETTLING",
+            "warning: Binance USD-M futures lists BTCUSD as SETTLING, not TRADING. The store "
+            "will try it anyway, and records nothing while it does not trade. "
+            "To remove it: make symbol-remove SYMBOL=BTCUSD",
+        ),
+    ],
+    ids=["trading", "not-listed", "settling"],
+)
+def test_a_symbol_binance_does_not_trade_gets_a_warning(status, warning):
+    assert admin.listing_warning("BTCUSD", status) == warning
 
 
 def test_the_day_query_walks_the_timestamp_index_without_sorting(tmp_path):
@@ -137,17 +217,76 @@ def test_symbol_commands_change_symbol_settings(tmp_path):
     assert settings(db) == [("BTCUSDT", 1), ("ETHUSDT", 1)]
     status, out, _ = run(db, "disable", "btcusdt")
     assert (status, settings(db)[0]) == (0, ("BTCUSDT", 0))
-    assert out.startswith("BTCUSDT disabled;")
+    assert out == (
+        "BTCUSDT disabled (paused: ticks traded while paused are not recorded); "
+        "the store applies it at its next settings poll\n"
+    )
     assert run(db, "symbols")[1] == ("SYMBOL      STATE\nBTCUSDT     off\nETHUSDT     on\n")
     status, out, _ = run(db, "add", "BTCUSDT")
     assert (status, settings(db)[0]) == (0, ("BTCUSDT", 1))
     assert out.startswith("BTCUSDT was listed, now enabled;")
     assert run(db, "disable", "BTCUSDT")[0] == 0
-    assert run(db, "enable", "BTCUSDT")[0] == 0
+    assert run(db, "enable", "BTCUSDT") == (
+        0,
+        "BTCUSDT enabled (from the next streamed trade; the paused time is not fetched); "
+        "the store applies it at its next settings poll\n",
+        "",
+    )
     assert settings(db)[0] == ("BTCUSDT", 1)
     status, out, _ = run(db, "remove", "ethusdt")
     assert status == 0 and "Its table prices_ETHUSDT and its ticks stay." in out
     assert settings(db) == [("BTCUSDT", 1)]
+
+
+def test_add_warns_when_binance_does_not_list_the_symbol(tmp_path, fake):
+    fake.list_symbol("BTCUSDT")
+    db = make_db(tmp_path / "ticks.db")
+    assert run(db, "add", "btcusdt", rest_url=fake.rest_url) == (
+        0,
+        "BTCUSDT added, enabled; the store applies it at its next settings poll\n",
+        "",
+    )
+    status, out, err = run(db, "add", "btcusd", rest_url=fake.rest_url)
+    assert (status, out) == (
+        0,
+        "BTCUSD added, enabled; the store applies it at its next settings poll\n",
+    )
+    assert err == admin.listing_warning("BTCUSD", None) + "\n"
+    assert settings(db) == [("BTCUSDT", 1), ("BTCUSD", 1)]  # added all the same
+
+
+def test_add_says_when_the_listing_cannot_be_checked(tmp_path):
+    db = make_db(tmp_path / "ticks.db")
+    rest_url = unreachable()
+    status, out, err = run(db, "add", "BTCUSDT", rest_url=rest_url)
+    assert (status, out) == (
+        0,
+        "BTCUSDT added, enabled; the store applies it at its next settings poll\n",
+    )
+    assert err.startswith(
+        f"could not check whether Binance lists BTCUSDT: {rest_url}/fapi/v1/exchangeInfo: "
+    )
+    assert "refused" in err and err.count("\n") == 1
+    assert settings(db) == [("BTCUSDT", 1)]
+
+
+def test_add_says_when_binance_refuses_the_listing_call(tmp_path, fake):
+    fake.rest_fault(418, retry_after=120, path=admin.EXCHANGE_INFO)
+    db = make_db(tmp_path / "ticks.db")
+    status, _, err = run(db, "add", "BTCUSDT", rest_url=fake.rest_url)
+    assert (status, settings(db)) == (0, [("BTCUSDT", 1)])
+    assert err == (
+        f"could not check whether Binance lists BTCUSDT: {fake.rest_url}/fapi/v1/exchangeInfo: "
+        "HTTP 418\n"
+    )
+
+
+def test_the_listing_is_read_up_to_a_size_limit(fake):
+    fake.list_symbol("BTCUSDT")
+    url = fake.rest_url + admin.EXCHANGE_INFO
+    assert admin.listing(url) == {"BTCUSDT": "TRADING"}
+    with pytest.raises(ValueError, match="larger than 100 bytes"):
+        admin.listing(url, limit=100)
 
 
 def test_every_row_the_store_reads_as_the_symbol_is_changed(tmp_path):
@@ -165,6 +304,25 @@ def test_a_symbol_that_is_not_listed_is_an_error(tmp_path):
     assert settings(db) == [("BTCUSDT", 1)]
 
 
+@pytest.mark.parametrize(
+    "name", ["btc usdt", 'BTC"; DROP TABLE symbol_settings;--', " x\\y ", "A\nB", "A" * 33]
+)
+def test_remove_takes_the_exact_text_of_a_refused_name(tmp_path, name):
+    other = name + "2"
+    db = make_db(tmp_path / "ticks.db", settings=[(name, 1), ("BTCUSDT", 1), (other, 0)])
+    status, out, err = run(db, "remove", name)
+    assert (status, err) == (0, "")
+    assert out == (
+        f"{quoted(name)} removed from symbol_settings (an invalid name: the store never "
+        "recorded it)\n"
+    )
+    assert settings(db) == [("BTCUSDT", 1), (other, 0)]  # only the row of that exact text
+    status, out, err = run(db, "remove", name)
+    assert (status, out) == (2, "")
+    assert err.startswith(f"invalid symbol {name!r}: ") and err.count("\n") == 1
+    assert err.endswith("; and no symbol_settings row has exactly this text\n")
+
+
 @pytest.mark.parametrize("command", ["add", "enable", "disable", "remove", "export"])
 @pytest.mark.parametrize("name", [HOSTILE, "", "BTC USDT", "A" * 33, "A\nB"])
 def test_an_invalid_symbol_is_refused_with_status_2(tmp_path, command, name):
@@ -180,7 +338,10 @@ def test_a_missing_database_is_not_created(tmp_path):
     for argv in (["symbols"], ["add", "BTCUSDT"], ["backup"], ["export", "BTCUSDT", DAY]):
         status, out, err = run(db, *argv)
         assert (status, out) == (1, "")
-        assert err == f"no database at {db} (DB_PATH): start the store once\n"
+        assert err == (
+            f"no database at {db} (from DB_PATH, default ./.data/ticks.db): "
+            "start the store once, or set DB_PATH to the store's database\n"
+        )
     assert not (tmp_path / "nowhere").exists()
 
 
@@ -240,16 +401,17 @@ def test_backup_copies_into_one_checked_file_and_never_overwrites(tmp_path):
 # -- the real store, the CLI as a process, and make ---------------------------------------
 
 
-def cli(db_path, *argv, timeout=30):
-    """`python -m tickd.admin` as a user runs it."""
-    env = {**os.environ, "DB_PATH": str(db_path)}
+def cli(db_path, *argv, timeout=30, rest_url=None):
+    """`python -m tickd.admin` as a user runs it; Binance's REST API is `rest_url`, by
+    default a closed port."""
+    env = {**os.environ, "DB_PATH": str(db_path), "BINANCE_REST_URL": rest_url or unreachable()}
     return subprocess.run(
         [sys.executable, "-m", "tickd.admin", *argv],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=timeout,
         check=False,
     )
 
@@ -285,9 +447,11 @@ def test_a_backup_is_one_snapshot_while_another_program_commits_all_the_time(tmp
 
 @pytest.mark.slow
 def test_commands_against_a_running_store(fake, make_store, tmp_path):
+    fake.list_symbol("BTCUSDT")
     store = make_store().start()
-    done = cli(store.db_path, "add", "btcusdt")
+    done = cli(store.db_path, "add", "btcusdt", rest_url=fake.rest_url)
     assert done.returncode == 0 and done.stdout.startswith("BTCUSDT added, enabled;")
+    assert done.stderr == ""  # the fake lists it
     wait_for(lambda: fake.connections("BTCUSDT") == 1, 5, "the store to connect")
     for _, ms, price in TICKS:
         fake.trade("BTCUSDT", price=format(Decimal(repr(price)), "f"), time_ms=ms)
@@ -325,6 +489,22 @@ def test_commands_against_a_running_store(fake, make_store, tmp_path):
     assert store.terminate() == 0
 
 
+def make(*argv, **env):
+    """`make -s ARGV` in the repository, with `env` added to this process's environment."""
+    return subprocess.run(
+        ["make", "-s", *argv],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+
+
 @pytest.mark.skipif(
     shutil.which("make") is None or not (ROOT / ".venv" / "bin" / "python").exists(),
     reason="needs make and the local .venv the Makefile runs tickd.admin with",
@@ -332,23 +512,47 @@ def test_commands_against_a_running_store(fake, make_store, tmp_path):
 def test_the_makefile_targets_pass_arguments_safely(tmp_path):
     db = make_db(tmp_path / "ticks.db", settings=[("BTCUSDT", 1)])
 
-    def make(*argv):
-        return subprocess.run(
-            ["make", "-s", *argv],
-            cwd=ROOT,
-            env={**os.environ, "DB_PATH": db},
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+    def make_admin(*argv):
+        return make(*argv, DB_PATH=db, BINANCE_REST_URL=unreachable())
 
-    done = make("symbol-add", "SYMBOL=ethusdt")
+    done = make_admin("symbol-add", "SYMBOL=ethusdt")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ETHUSDT added, enabled;")
-    assert make("symbol-disable", "SYMBOL=BTCUSDT").returncode == 0
-    assert make("symbols").stdout == "SYMBOL      STATE\nBTCUSDT     off\nETHUSDT     on\n"
-    done = make("symbol-add", f"SYMBOL={HOSTILE}")
+    assert make_admin("symbol-disable", "SYMBOL=BTCUSDT").returncode == 0
+    assert make_admin("symbols").stdout == "SYMBOL      STATE\nBTCUSDT     off\nETHUSDT     on\n"
+    done = make_admin("symbol-add", f"SYMBOL={HOSTILE}")
     assert done.returncode != 0
     assert f"invalid symbol {HOSTILE!r}" in done.stderr
     assert settings(db) == [("BTCUSDT", 0), ("ETHUSDT", 1)]
+
+
+@pytest.mark.skipif(
+    shutil.which("make") is None or shutil.which("curl") is None, reason="needs make and curl"
+)
+def test_make_status_fails_when_nothing_answers():
+    done = make("status", f"HTTP_PORT={closed_port()}")
+    assert done.stdout == "Binance Tick Store\n\nStatus:     stopped (connection refused)\n"
+    assert done.returncode != 0  # the recipe exits 1; GNU make reports a failed recipe as 2
+
+
+@needs_make
+@pytest.mark.parametrize(
+    "argv",
+    [["symbols"], ["symbol-add", "SYMBOL=BTCUSDT"], ["backup"], ["export", "SYMBOL=X", "DAY=Y"]],
+    ids=["symbols", "symbol-add", "backup", "export"],
+)
+def test_admin_targets_without_a_virtualenv_or_docker_say_what_to_do(argv):
+    done = make(*argv, "VENV=/nonexistent", "COMPOSE=false")
+    assert done.returncode != 0 and done.stdout == ""
+    assert done.stderr.startswith(
+        "no /nonexistent/bin/python and no working Docker Compose (false): "
+        "run 'make install' for a local virtualenv, or 'make run' to start the store in Docker\n"
+    )
+
+
+@needs_make
+def test_admin_targets_without_a_virtualenv_run_in_the_container():
+    # printf stands in for Docker Compose: it "works", and shows each argument it was given.
+    done = make("symbol-add", "VENV=/nonexistent", "COMPOSE=printf %s/", SYMBOL="btc usdt;x")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == "exec/-T/tick-store/python/-m/tickd.admin/add/btc usdt;x/"

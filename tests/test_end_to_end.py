@@ -77,7 +77,9 @@ def test_disable_and_delete_stop_the_stream_within_one_poll(fake, make_store):
     assert time.monotonic() - start < 0.3 + 1.0
     page = store.get("/status")[1]
     assert "BTCUSDT     off     (no data yet)" in page
-    assert "ETHUSDT     off     (no data yet)" in page  # the table stays, without a settings row
+    # ETHUSDT's empty table stays, but without a settings row or a tick it says nothing.
+    assert "ETHUSDT" not in page
+    assert "prices_ETHUSDT" in {n for (n,) in store.sql("SELECT name FROM sqlite_master")}
     store.sql("UPDATE symbol_settings SET enabled = 1 WHERE symbol = 'BTCUSDT'")
     wait_for(lambda: fake.connections("BTCUSDT") == 1, 2)
     fake.trade("BTCUSDT")

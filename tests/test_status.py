@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tickd.status import Row, format_uptime, render, render_stopped, width
+from tickd.database import Database
+from tickd.status import Row, collect, format_uptime, quoted, render, render_stopped, width
+from tickd.wire import Tick
 
 DATA = Path(__file__).parent / "data"
 
@@ -66,3 +68,45 @@ def test_width_counts_wide_characters_twice_and_marks_not_at_all():
     assert width("BTC") == 3
     assert width("币安") == 4
     assert width("e\u0301") == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("BTC/USDT", '"BTC/USDT"'),
+        ('BTC"; DROP TABLE x', '"BTC\\"; DROP TABLE x"'),
+        ('a\\"b', '"a\\\\\\"b"'),
+        ("A\nB\u202e", '"A\\nB\\u202e"'),
+        (" 币安 usdt ", '" 币安 usdt "'),
+        ("x" * 41, '"' + "x" * 40 + '"...'),
+    ],
+    ids=["plain", "quote", "backslash-then-quote", "unprintable", "wide", "long"],
+)
+def test_a_quoted_name_reads_one_way_only(name, shown):
+    assert quoted(name) == shown
+
+
+def test_a_quote_in_a_refused_name_is_escaped_on_the_page():
+    rows = [Row("BTCUSDT", True, None), Row('BTC"; DROP TABLE x', False, invalid=True)]
+    lines = render(0, rows).splitlines()[5:]
+    assert lines == [
+        "BTCUSDT                on      (no data yet)",
+        '"BTC\\"; DROP TABLE x"  off     (invalid symbol, ignored)',
+    ]
+
+
+def test_an_empty_table_without_a_settings_row_is_not_listed(tmp_path):
+    db = Database(str(tmp_path / "ticks.db"))
+    db.open()
+    try:
+        for symbol in ("BTCUSDT", "BTCUSD", "ETHUSDT", "SOLUSDT"):
+            db.ensure_table(symbol)
+        assert db.insert("ETHUSDT", Tick(7, ms("2026-11-30 04:56:16"), 3000.5))
+        rows = collect(db, {"SOLUSDT": True}, ['x"y'], lambda symbol: symbol == "SOLUSDT")
+    finally:
+        db.close()
+    assert rows == [
+        Row("SOLUSDT", True, None),  # listed in symbol_settings: shown, empty or not
+        Row('x"y', False, invalid=True),
+        Row("ETHUSDT", False, (ms("2026-11-30 04:56:16"), ms("2026-11-30 04:56:16"))),
+    ]  # BTCUSDT and BTCUSD: empty tables, no settings row: nothing to say

@@ -7,22 +7,30 @@ import calendar
 import contextlib
 import csv
 import datetime
+import http.client
+import json
 import os
 import sqlite3
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TextIO
-from urllib.request import pathname2url
+from urllib.error import HTTPError, URLError
+from urllib.request import pathname2url, urlopen
 
 from . import config, symbols
 from .database import SETTINGS_DDL, quote
 from .settings import read_rows
-from .status import NAME_WIDTH, STATE_WIDTH, width
+from .status import NAME_WIDTH, STATE_WIDTH, quoted, width
 
 BUSY_TIMEOUT = 5.0  # seconds a statement waits for the store's write lock
 DAY_MS = 86_400_000
 AT_NEXT_POLL = "the store applies it at its next settings poll"
+PAUSED = "paused: ticks traded while paused are not recorded"
+RESUMED = "from the next streamed trade; the paused time is not fetched"
+EXCHANGE_INFO = "/fapi/v1/exchangeInfo"
+LISTING_TIMEOUT = 5.0  # seconds the listing check waits (see listing)
+LISTING_LIMIT = 8 << 20  # bytes of exchange information read at most (about 1 MiB in 2026)
 
 
 class Failure(Exception):
@@ -49,9 +57,9 @@ def main(
     except SystemExit as exc:  # argparse has printed the usage or the help
         return exc.code
     try:
-        db_path = config.load(environ).db_path
-        with contextlib.closing(connect(db_path)) as conn:
-            args.run(conn, args, db_path, stdout)
+        cfg = config.load(environ)
+        with contextlib.closing(connect(cfg.db_path)) as conn:
+            args.run(conn, args, cfg, stdout, stderr)
     except config.ConfigError as exc:
         print(exc, file=stderr)
         return 2
@@ -68,15 +76,21 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tickd.admin",
         description="Manage the store's symbols, back up its database, export ticks. "
-        "The database is DB_PATH (default ./.data/ticks.db); it must exist.",
+        "The database is DB_PATH (default ./.data/ticks.db); it must exist. "
+        "`add` checks that Binance (BINANCE_REST_URL) lists the symbol.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("symbols", help="list symbol_settings").set_defaults(run=list_symbols)
     for name, run, text in (
         ("add", add, "add a symbol, or enable it again"),
-        ("enable", set_enabled, "resume recording a symbol"),
-        ("disable", set_enabled, "pause recording a symbol"),
-        ("remove", remove, "stop recording a symbol (its table and ticks stay)"),
+        ("enable", set_enabled, "resume recording a symbol, from its next streamed trade"),
+        ("disable", set_enabled, "pause recording a symbol (nothing is recorded while paused)"),
+        (
+            "remove",
+            remove,
+            "stop recording a symbol (its table and ticks stay); a refused name is "
+            "matched exactly as stored",
+        ),
     ):
         command = commands.add_parser(name, help=text)
         command.add_argument("symbol", metavar="SYMBOL")
@@ -100,7 +114,10 @@ def connect(path: str) -> sqlite3.Connection:
         return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None)
     except sqlite3.OperationalError as exc:
         if not os.path.exists(path):
-            raise Failure(f"no database at {path} (DB_PATH): start the store once") from None
+            raise Failure(
+                f"no database at {path} (from DB_PATH, default {config.Config().db_path}): "
+                "start the store once, or set DB_PATH to the store's database"
+            ) from None
         raise Failure(f"cannot open database {path}: {exc}") from None
 
 
@@ -108,7 +125,11 @@ def connect(path: str) -> sqlite3.Connection:
 
 
 def list_symbols(
-    conn: sqlite3.Connection, args: argparse.Namespace, db_path: str, out: TextIO
+    conn: sqlite3.Connection,
+    args: argparse.Namespace,
+    cfg: config.Config,
+    out: TextIO,
+    err: TextIO,
 ) -> None:
     rows = _settings(conn)
     if not rows:
@@ -127,15 +148,21 @@ def describe(raw: object, enabled: object) -> tuple[str, str, str]:
     """(name, on/off, note) of one symbol_settings row, read as the store reads it."""
     wanted = read_rows([(raw, enabled)])
     if wanted.invalid:
-        return symbols.display(f'"{wanted.invalid[0]}"'), "off", "(invalid symbol, ignored)"
+        return quoted(wanted.invalid[0]), "off", "(invalid symbol, ignored)"
     ((symbol, on),) = wanted.symbols.items()
     state = "on" if on else "off"
     if symbol == raw:
         return symbol, state, ""
-    return symbols.display(f'"{raw}"'), state, f"(recorded as {symbol})"
+    return quoted(raw), state, f"(recorded as {symbol})"
 
 
-def add(conn: sqlite3.Connection, args: argparse.Namespace, db_path: str, out: TextIO) -> None:
+def add(
+    conn: sqlite3.Connection,
+    args: argparse.Namespace,
+    cfg: config.Config,
+    out: TextIO,
+    err: TextIO,
+) -> None:
     symbol = _symbol(args.symbol)
     with _transaction(conn):
         conn.execute(SETTINGS_DDL)
@@ -148,20 +175,58 @@ def add(conn: sqlite3.Connection, args: argparse.Namespace, db_path: str, out: T
         )
     done = "was listed, now enabled" if listed else "added, enabled"
     print(f"{symbol} {done}; {AT_NEXT_POLL}", file=out)
+    url = cfg.rest_url + EXCHANGE_INFO
+    try:
+        status = listing(url).get(symbol)
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        print(f"could not check whether Binance lists {symbol}: {url}: {_reason(exc)}", file=err)
+        return
+    warning = listing_warning(symbol, status)
+    if warning:
+        print(warning, file=err)
 
 
 def set_enabled(
-    conn: sqlite3.Connection, args: argparse.Namespace, db_path: str, out: TextIO
+    conn: sqlite3.Connection,
+    args: argparse.Namespace,
+    cfg: config.Config,
+    out: TextIO,
+    err: TextIO,
 ) -> None:
     symbol, on = _symbol(args.symbol), args.command == "enable"
     with _transaction(conn):
         rows = [(int(on), name) for name in _listed(conn, symbol)]
         conn.executemany("UPDATE symbol_settings SET enabled = ? WHERE symbol = ?", rows)
-    print(f"{symbol} {'enabled' if on else 'disabled'}; {AT_NEXT_POLL}", file=out)
+    done = f"enabled ({RESUMED})" if on else f"disabled ({PAUSED})"
+    print(f"{symbol} {done}; {AT_NEXT_POLL}", file=out)
 
 
-def remove(conn: sqlite3.Connection, args: argparse.Namespace, db_path: str, out: TextIO) -> None:
-    symbol = _symbol(args.symbol)
+def remove(
+    conn: sqlite3.Connection,
+    args: argparse.Namespace,
+    cfg: config.Config,
+    out: TextIO,
+    err: TextIO,
+) -> None:
+    try:
+        symbol = symbols.normalise(args.symbol)
+    except symbols.InvalidSymbol as exc:
+        # A name the store refuses may still be in the table, inserted with SQL: the row
+        # whose text is exactly the argument goes (matched with ?, never pasted).
+        with _transaction(conn):
+            if args.symbol not in [raw for raw, _ in _settings(conn)]:
+                raise Failure(
+                    f"invalid symbol {args.symbol!r}: {exc}; "
+                    "and no symbol_settings row has exactly this text",
+                    2,
+                ) from None
+            conn.execute("DELETE FROM symbol_settings WHERE symbol = ?", (args.symbol,))
+        print(
+            f"{quoted(args.symbol)} removed from symbol_settings "
+            "(an invalid name: the store never recorded it)",
+            file=out,
+        )
+        return
     with _transaction(conn):
         names = [(name,) for name in _listed(conn, symbol)]
         conn.executemany("DELETE FROM symbol_settings WHERE symbol = ?", names)
@@ -214,12 +279,81 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
+# -- Binance's listing -------------------------------------------------------------------
+
+
+def listing(
+    url: str, timeout: float = LISTING_TIMEOUT, limit: int = LISTING_LIMIT
+) -> dict[str, str]:
+    """Binance's exchange information at `url` (`.../fapi/v1/exchangeInfo`): every listed
+    symbol and its status (`TRADING`, `SETTLING`, ...).
+
+    Blocks: each socket wait (connect, each read) is limited to `timeout` seconds, and the
+    body must be read within `timeout` seconds in all (checked between reads, so one stalled
+    read can overrun it by up to one more `timeout`). Raises OSError if it cannot be fetched
+    in time (HTTPError for an error status), http.client.HTTPException for a broken answer,
+    ValueError if the body is larger than `limit` bytes or not the expected JSON."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"not an http or https URL: {url}")
+    deadline = time.monotonic() + timeout
+    with urlopen(url, timeout=timeout) as response:  # noqa: S310 (http or https only)
+        body = bytearray()
+        while chunk := response.read(min(1 << 16, limit + 1 - len(body))):
+            body += chunk
+            if len(body) > limit:
+                raise ValueError(f"the answer is larger than {limit} bytes")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the answer took longer than {timeout:g} s")
+    return parse_listing(bytes(body))
+
+
+def parse_listing(body: bytes) -> dict[str, str]:
+    """symbol -> status from exchangeInfo's JSON, `{"symbols": [{"symbol": "BTCUSDT",
+    "status": "TRADING", ...}, ...]}`; ValueError if the body is not that."""
+    try:
+        listed = {entry["symbol"]: entry["status"] for entry in json.loads(body)["symbols"]}
+    except (KeyError, TypeError, RecursionError):  # RecursionError: absurdly nested JSON
+        listed = None
+    if not listed or not all(isinstance(text, str) for pair in listed.items() for text in pair):
+        raise ValueError("not exchange information (symbols with their status)")
+    return listed
+
+
+def listing_warning(symbol: str, status: str | None) -> str | None:
+    """What to tell the user who added `symbol` when Binance lists it with `status` (None:
+    not listed); None if it trades."""
+    if status == "TRADING":
+        return None
+    if status is None:
+        listed = f"does not list {symbol} (a typo?)"
+    else:
+        listed = f"lists {symbol} as {status}, not TRADING"
+    return (
+        f"warning: Binance USD-M futures {listed}. The store will try it anyway, and records "
+        f"nothing while it does not trade. To remove it: make symbol-remove SYMBOL={symbol}"
+    )
+
+
+def _reason(exc: Exception) -> str:
+    """The short cause of a failed listing check, for one line."""
+    if isinstance(exc, HTTPError):
+        return f"HTTP {exc.code}"
+    cause = exc.reason if isinstance(exc, URLError) else exc  # reason: an exception or text
+    return symbols.display(str(cause) or type(cause).__name__, 200)
+
+
 # -- backup ------------------------------------------------------------------------------
 
 
-def backup(conn: sqlite3.Connection, args: argparse.Namespace, db_path: str, out: TextIO) -> None:
+def backup(
+    conn: sqlite3.Connection,
+    args: argparse.Namespace,
+    cfg: config.Config,
+    out: TextIO,
+    err: TextIO,
+) -> None:
     target = args.out or os.path.join(
-        os.path.dirname(os.path.abspath(db_path)),
+        os.path.dirname(os.path.abspath(cfg.db_path)),
         time.strftime("backup-%Y%m%d-%H%M%S.db", time.gmtime()),
     )
     with _new_file(target, "wb"):
@@ -243,7 +377,13 @@ def backup(conn: sqlite3.Connection, args: argparse.Namespace, db_path: str, out
 # -- export ------------------------------------------------------------------------------
 
 
-def export(conn: sqlite3.Connection, args: argparse.Namespace, db_path: str, out: TextIO) -> None:
+def export(
+    conn: sqlite3.Connection,
+    args: argparse.Namespace,
+    cfg: config.Config,
+    out: TextIO,
+    err: TextIO,
+) -> None:
     symbol = _symbol(args.symbol)
     try:
         start = day_start_ms(args.day)

@@ -44,6 +44,21 @@ def width(text: str) -> int:
     return total
 
 
+def quoted(name: str, limit: int = 40) -> str:
+    r"""`name` in double quotes, on one line, readable one way only: `"` and `\` escaped with
+    a backslash, anything unprintable as a Python escape (`\n`, `\u202e`); cut after `limit`
+    characters, with `...` after the closing quote. How the status page and `tickd.admin`
+    show a name as stored that is not a symbol."""
+    shown = "".join(_escape(char) for char in name[:limit])
+    return f'"{shown}"' + ("..." if len(name) > limit else "")
+
+
+def _escape(char: str) -> str:
+    if char in '"\\':
+        return "\\" + char
+    return char if char.isprintable() else ascii(char)[1:-1]
+
+
 def format_uptime(seconds: float) -> str:
     """`2d 14h 32m`, leading zero units left out (`5m`, `3h 0m`)."""
     minutes = int(seconds // 60)
@@ -63,7 +78,7 @@ def format_time(ms: int) -> str:
 def render(uptime: float, rows: Iterable[Row]) -> str:
     """The status page of a running store."""
     rows = list(rows)
-    names = [symbols.display(f'"{row.name}"') if row.invalid else row.name for row in rows]
+    names = [quoted(row.name) if row.invalid else row.name for row in rows]
     column = max([NAME_WIDTH, *(width(name) + 2 for name in names)])
     lines = [TITLE, "", "Status:     running", f"Uptime:     {format_uptime(uptime)}", ""]
     for row, name in zip(rows, names, strict=True):
@@ -90,7 +105,8 @@ def collect(
     connected: Callable[[str], bool],
 ) -> list[Row]:
     """The page's rows: symbol_settings' symbols in row order, refused names, then symbols
-    that still have a table but no settings row (off)."""
+    that still have ticks in their table but no settings row (off). An empty table without a
+    settings row (a symbol removed before it traded, a typo) is left out: it says nothing."""
     rows = []
     for symbol, on in enabled.items():
         rows.append(Row(symbol, on and connected(symbol), db.first_last(symbol)))
@@ -101,8 +117,11 @@ def collect(
             symbol = symbols.normalise(table)
         except symbols.InvalidSymbol:
             continue
-        if symbol == table and symbol not in listed:
-            rows.append(Row(symbol, False, db.first_last(symbol)))
+        if symbol != table or symbol in listed:
+            continue
+        span = db.first_last(symbol)
+        if span is not None:
+            rows.append(Row(symbol, False, span))
     return rows
 
 
