@@ -25,6 +25,7 @@ def fake_stream(trades=0, connected=True, reconnects=0, last_timestamp=None, que
         trades=trades,
         connected=connected,
         reconnects=reconnects,
+        unconfirmed=0,
         last_timestamp=last_timestamp,
         stats=stats,
         repair=SimpleNamespace(gaps=gaps),
@@ -61,6 +62,7 @@ def test_per_symbol_series_carry_the_streams_counters():
     btc = fake_stream(12, True, 3, 1_795_000_000_123, queued=[(5, 9), (20, 20)])
     btc.stats.gaps_found, btc.stats.gaps_filled, btc.stats.ids_repaired = 4, 2, 40
     btc.stats.ids_unfillable, btc.stats.write_errors = 7, 1
+    btc.unconfirmed = 2
     eth = fake_stream(connected=False)
     samples, types = scrape(collector({"BTCUSDT": btc, "ETHUSDT": eth}))
     assert samples[("tickstore_ticks_received_total", sym("BTCUSDT"))] == 12
@@ -73,6 +75,7 @@ def test_per_symbol_series_carry_the_streams_counters():
     assert samples[("tickstore_ids_unfillable_total", sym("BTCUSDT"))] == 7
     assert samples[("tickstore_ids_queued", sym("BTCUSDT"))] == 6
     assert samples[("tickstore_write_errors_total", sym("BTCUSDT"))] == 1
+    assert samples[("tickstore_frames_unconfirmed_total", sym("BTCUSDT"))] == 2
     assert samples[("tickstore_ticks_received_total", sym("ETHUSDT"))] == 0
     assert samples[("tickstore_stream_connected", sym("ETHUSDT"))] == 0
     # No trade yet: no timestamp rather than a misleading 0 (1970).

@@ -67,7 +67,9 @@ def setup(tmp_path):
     db.open()
     conn = sqlite3.connect(db.path, isolation_level=None)
     live, most = {}, {}
-    watcher = Watcher(db, lambda symbol: FakeStream(symbol, live, most), poll_interval=3600)
+    watcher = Watcher(
+        db, lambda symbol, after_pause=False: FakeStream(symbol, live, most), poll_interval=3600
+    )
     watcher.live, watcher.most = live, most  # for the tests to read
     yield watcher, conn
     watcher.stop()
@@ -151,3 +153,55 @@ def test_a_dead_stream_is_restarted_on_the_next_poll(setup, caplog):
     gevent.sleep(0)
     assert running(watcher) == {"BTCUSDT"}
     assert "stream ended unexpectedly" in caplog.text
+
+
+def test_a_symbol_enabled_again_after_a_pause_resumes_without_its_paused_period(tmp_path):
+    db = Database(str(tmp_path / "ticks.db"))
+    db.open()
+    made = []
+
+    def make(symbol, after_pause=False):
+        made.append((symbol, after_pause))
+        return FakeStream(symbol, {}, {})
+
+    watcher = Watcher(db, make, poll_interval=3600)
+    conn = sqlite3.connect(db.path, isolation_level=None)
+    try:
+        conn.execute("INSERT INTO symbol_settings (symbol) VALUES ('BTCUSDT')")
+        watcher.sync()  # enabled at start: a restart, whose gap is repaired
+        conn.execute("UPDATE symbol_settings SET enabled = 0")
+        watcher.sync()
+        conn.execute("UPDATE symbol_settings SET enabled = 1")
+        watcher.sync()  # the pause ends
+        conn.execute("DELETE FROM symbol_settings")
+        watcher.sync()
+        conn.execute("INSERT INTO symbol_settings (symbol) VALUES ('BTCUSDT')")
+        watcher.sync()  # removed, then added again: not a pause
+        assert made == [("BTCUSDT", False), ("BTCUSDT", True), ("BTCUSDT", False)]
+    finally:
+        watcher.stop()
+        conn.close()
+        db.close()
+
+
+def test_enabled_symbols_near_the_descriptor_limit_are_warned_about_once(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="tickd")
+    db = Database(str(tmp_path / "ticks.db"))
+    db.open()
+    watcher = Watcher(
+        db, lambda symbol, after_pause=False: FakeStream(symbol, {}, {}), 3600, descriptor_limit=70
+    )
+    conn = sqlite3.connect(db.path, isolation_level=None)
+    try:
+        conn.execute("INSERT INTO symbol_settings (symbol) VALUES ('AUSDT'), ('BUSDT')")
+        watcher.sync()  # 2 streams: 68 descriptors of 70
+        assert "descriptor limit" not in caplog.text
+        conn.execute("INSERT INTO symbol_settings (symbol) VALUES ('CUSDT'), ('DUSDT')")
+        watcher.sync()
+        watcher.sync()
+        assert caplog.text.count("descriptor limit close") == 1
+        assert "symbols=4 needed=72 limit=70" in caplog.text
+    finally:
+        watcher.stop()
+        conn.close()
+        db.close()

@@ -81,6 +81,12 @@ PER_SYMBOL: tuple[tuple[type, str, str, Callable[[Stream], float | None]], ...] 
     ),
     (
         CounterMetricFamily,
+        "tickstore_frames_unconfirmed_total",
+        "Trades whose id jumped implausibly far, held back until REST confirmed it.",
+        lambda s: s.unconfirmed,
+    ),
+    (
+        CounterMetricFamily,
         "tickstore_write_errors_total",
         "Writes that failed (their ids are queued for repair).",
         lambda s: s.stats.write_errors,

@@ -12,12 +12,16 @@ from gevent.pool import Pool
 
 from . import symbols
 from .database import Database
-from .logs import kv
+from .logs import failure, kv
 from .stream import Stream
 
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 2.0  # seconds a stopped stream gets to finish its close handshake
+# Descriptors per stream (two sockets during a rotation), and those the rest of the process
+# needs (database files, HTTP clients, REST calls, the event loop).
+DESCRIPTORS_PER_STREAM = 2
+DESCRIPTORS_RESERVED = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +62,9 @@ class Watcher:
     def __init__(
         self,
         db: Database,
-        make_stream: Callable[[str], Stream],
+        make_stream: Callable[..., Stream],
         poll_interval: float,
+        descriptor_limit: int | None = None,
     ):
         self.db = db
         self.wanted = Wanted({}, ())
@@ -68,14 +73,16 @@ class Watcher:
         self._pool = Pool()
         self._streams: dict[str, tuple[Stream, gevent.Greenlet]] = {}
         self._reported_invalid: set[str] = set()
+        self._descriptor_limit = descriptor_limit
+        self._warned_descriptors = False
 
     def run(self) -> None:
         """Poll forever (the body of the watcher's greenlet)."""
         while True:
             try:
                 self.sync()
-            except Exception:
-                log.exception("settings poll failed")
+            except Exception as exc:  # noqa: BLE001 (a bug: logged, and the next poll runs)
+                log.error("settings poll failed %s", kv(error=failure(exc)))
             gevent.sleep(self._poll_interval)
 
     def connected(self, symbol: str) -> bool:
@@ -100,6 +107,7 @@ class Watcher:
             if greenlet.dead:
                 log.error("stream ended unexpectedly, restarting %s", kv(symbol=symbol))
                 del self._streams[symbol]
+        self._check_descriptors(len(enabled))
         to_start, to_stop = diff(self._streams, enabled)
         for symbol in to_stop:
             log.info(
@@ -109,17 +117,33 @@ class Watcher:
             )
         self.stop(to_stop)
         for symbol in to_start:
-            self._start(symbol, new=not previous.symbols.get(symbol, False))
+            # Disabled at the last poll and enabled now: a pause has ended (not a restart).
+            paused = previous.symbols.get(symbol) is False
+            self._start(symbol, new=not previous.symbols.get(symbol, False), after_pause=paused)
 
-    def _start(self, symbol: str, new: bool) -> None:
+    def _check_descriptors(self, streams: int) -> None:
+        limit = self._descriptor_limit
+        if limit is None:
+            return
+        needed = streams * DESCRIPTORS_PER_STREAM + DESCRIPTORS_RESERVED
+        if needed > limit and not self._warned_descriptors:
+            log.warning(
+                "descriptor limit close for the enabled symbols, raise nofile %s",
+                kv(symbols=streams, needed=needed, limit=limit),
+            )
+        self._warned_descriptors = needed > limit
+
+    def _start(self, symbol: str, new: bool, after_pause: bool = False) -> None:
         try:
             self.db.ensure_table(symbol)
         except sqlite3.Error as exc:
             log.error("cannot create table, retrying next poll %s", kv(symbol=symbol, error=exc))
             return
-        if new:
+        if after_pause:
+            log.info("symbol resumed, the paused period is not fetched %s", kv(symbol=symbol))
+        elif new:
             log.info("symbol enabled %s", kv(symbol=symbol))
-        stream = self._make_stream(symbol)
+        stream = self._make_stream(symbol, after_pause=after_pause)
         self._streams[symbol] = (stream, self._pool.spawn(stream.run))
 
     def stop(self, to_stop: Iterable[str] | None = None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 import struct
 import time
 from collections.abc import Callable
@@ -21,10 +22,10 @@ from gevent.pool import Group
 from . import frames, symbols
 from .database import Database
 from .limits import AttemptLimiter
-from .logs import Throttle, kv
+from .logs import Throttle, failure, kv
 from .repair import NOT_LISTED_EVERY, Repair, Stats
 from .rest import INVALID_SYMBOL, Rest, RestError
-from .wire import BadFrame, parse_frame
+from .wire import BadFrame, Tick, parse_frame
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,22 @@ FIRST_CHECK = 15.0  # seconds after start before a silent stream is checked agai
 ROTATION_RETRY = 10.0  # seconds before retrying a replacement connection that failed
 IN_FLIGHT_MS = 3000  # a trade younger than this may not have reached us yet
 YIELD_EVERY = 32  # frames of one batch handled before other greenlets get a turn
+# An id this far past the last one known is checked over REST before it is stored or
+# trusted: one forged or corrupted id would otherwise become MAX(id) for good. A restart
+# after a long outage jumps this far too; it costs one REST call to confirm.
+MAX_JUMP = 100_000
+VERIFY_RETRY = 10.0  # seconds before another unconfirmed jump is checked
+HELD_MAX = 10_000  # trades held while a jump is checked; later ones come back as a gap
 
 
-def dial(url: str, timeout: float) -> websocket.WebSocket:
-    """Open a websocket to `url`; the handshake must finish within `timeout` seconds."""
+def dial(url: str, timeout: float, tls: ssl.SSLContext | None = None) -> websocket.WebSocket:
+    """Open a websocket to `url`; the handshake must finish within `timeout` seconds.
+    A `wss://` URL uses `tls`, the process's one client context (building one costs
+    milliseconds of CPU on the hub: too much for every dial of a thousand symbols)."""
     # websocket-client does the handshake and sends; frames.Reader does the reading.
-    return websocket.create_connection(url, timeout=timeout, enable_multithread=True)
+    return websocket.create_connection(
+        url, timeout=timeout, enable_multithread=True, sslopt={"context": tls} if tls else None
+    )
 
 
 class Backoff:
@@ -73,9 +84,11 @@ class Session:
     """One open connection: read by its own greenlet until it closes."""
 
     __slots__ = (
+        "base",
         "code",
         "delivered",
         "ended",
+        "first_id",
         "last_id",
         "last_rx",
         "opened",
@@ -85,12 +98,14 @@ class Session:
         "ws",
     )
 
-    def __init__(self, ws: websocket.WebSocket, opened: float, opened_ms: int):
+    def __init__(self, ws: websocket.WebSocket, opened: float, opened_ms: int, base: int | None):
         self.ws = ws
+        self.base = base  # the stream's highest known id when this connection opened
         self.opened = opened  # monotonic seconds
         self.last_rx = opened  # monotonic time bytes last arrived (pings count)
         self.opened_ms = opened_ms  # wall clock, ms since the epoch, as Binance's trade times
         self.trades = 0
+        self.first_id = 0  # the first trade id this connection delivered
         self.last_id = 0  # the highest trade id this connection delivered
         self.delivered = gevent.event.Event()  # set by the first trade
         self.ended = gevent.event.Event()
@@ -132,6 +147,7 @@ class Stream:
         stale_timeout: float,
         max_age: float,
         silence_timeout: float,
+        after_pause: bool = False,
         connect: Callable[[str, float], websocket.WebSocket] = dial,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -142,6 +158,7 @@ class Stream:
         self.trades = 0  # trades received since start
         self.last_timestamp: int | None = None  # trade time (ms) of the newest trade received
         self.reconnects = 0
+        self.unconfirmed = 0  # frames held back because their id jumped implausibly far
         self.last: int | None = None  # highest id stored or queued for repair
         self.repair = Repair(symbol, db, rest, self.stats, clock=clock)
         self._db = db
@@ -163,6 +180,13 @@ class Stream:
         self._last_trade: float | None = None  # monotonic time of the last trade received
         self._next_check = clock() + min(FIRST_CHECK, silence_timeout)  # at the earliest
         self._checking: gevent.Greenlet | None = None
+        self._verifying: gevent.Greenlet | None = None
+        self._held: list[tuple[Session, Tick]] = []  # the trades since an unconfirmed jump
+        self._next_verify = 0.0  # monotonic time before which no jump is checked again
+        # Resumed after a pause: the paused ids (after `_paused[0]`, before `_paused[1]`)
+        # were not wanted, so neither the first trade nor the audits ask for them.
+        self._after_pause = after_pause
+        self._paused: list[int | None] = [None, None]
 
     @property
     def connected(self) -> bool:
@@ -215,7 +239,11 @@ class Stream:
         """Start from the highest stored id, so the first frame reveals a restart's gap."""
         while not self._stopping:
             try:
-                self.last = self._db.max_id(self.symbol)
+                stored = self._db.max_id(self.symbol)
+                if self._after_pause:
+                    self._paused[0] = stored  # the first trade starts a new run
+                else:
+                    self.last = stored
                 return
             except Exception as exc:  # noqa: BLE001 (sqlite3.Error or a bug: both are retried)
                 log.error("cannot read last id, retrying %s", kv(symbol=self.symbol, error=exc))
@@ -233,7 +261,7 @@ class Stream:
             return None
         # No socket timeout (each recv would arm a timer): the supervisor watches last_rx.
         ws.settimeout(None)
-        session = Session(ws, self._clock(), int(self._wall() * 1000))
+        session = Session(ws, self._clock(), int(self._wall() * 1000), self.last)
         self._sessions.append(session)
         self._group.spawn(self._read_session, session)
         log.info("stream connected %s", kv(symbol=self.symbol, url=self.url))
@@ -290,6 +318,11 @@ class Stream:
             session.code = self._read(session)
         except (OSError, frames.ProtocolError, websocket.WebSocketException) as exc:
             session.reason = session.reason or _describe(exc)
+        except Exception as exc:  # noqa: BLE001 (a bug, not the network: the redial follows)
+            log.error("stream reader failed %s", kv(symbol=self.symbol, error=failure(exc)))
+            session.reason = session.reason or "reader failed"
+            if session.last_id:  # the trade in hand may not have been stored
+                self.repair.add(session.last_id, session.last_id)
         finally:
             with contextlib.suppress(OSError, websocket.WebSocketException):
                 if session.ws.connected and not self._stopping:
@@ -297,6 +330,7 @@ class Stream:
             with contextlib.suppress(OSError):
                 session.ws.shutdown()
             self._sessions.remove(session)
+            self._overlap_ended(session)
             session.ended.set()
             log.info(
                 "stream disconnected %s",
@@ -347,8 +381,18 @@ class Stream:
                     kv(symbol=self.symbol, error=exc, bytes=len(data), suppressed=held),
                 )
             return
-        if tick is None:
-            return
+        if tick is not None:
+            self._take(session, tick)
+
+    def _take(self, session: Session, tick: Tick) -> None:
+        known = max(session.last_id, self.last or 0)
+        if known and tick.id > known + MAX_JUMP:
+            self._suspect(session, tick, known)
+        else:
+            self._accept(session, tick)
+
+    def _accept(self, session: Session, tick: Tick) -> None:
+        """Count, check for missing ids, and store one trade whose id is trusted."""
         if self._debug:
             log.debug("trade %s", kv(symbol=self.symbol, id=tick.id, time=tick.timestamp))
         self.trades += 1
@@ -359,7 +403,11 @@ class Stream:
         trade_id, previous, last = tick.id, session.last_id, self.last
         if trade_id > previous:
             session.last_id = trade_id
+        if not session.first_id:
+            session.first_id = trade_id
         if last is None or trade_id > last:
+            if last is None and self._after_pause and self._paused[1] is None:
+                self._paused[1] = trade_id
             self.last = trade_id  # before the write, which may wait
             self.last_timestamp = tick.timestamp
         # Ids missing between two trades of one connection, or between what we had and the
@@ -373,6 +421,56 @@ class Stream:
         if not self._db.insert(self.symbol, tick):
             self.stats.write_errors += 1
             self.repair.add(trade_id, trade_id)
+
+    def _overlap_ended(self, old: Session) -> None:
+        """`old` has closed while another connection was open (a rotation). A trade that
+        connection delivered while `old` was still open skipped the reconnect check: the
+        ids between what `old` (or the store before it) had and that trade came on neither."""
+        seen = max(old.last_id, old.base or 0)
+        for other in self._sessions:
+            if other.first_id and seen and other.first_id > seen + 1:
+                self._gap(seen + 1, other.first_id - 1, "rotation")
+
+    def _suspect(self, session: Session, tick: Tick, known: int) -> None:
+        """An id implausibly far past `known`: not stored, not trusted, until REST confirms
+        it. The trades that follow it are held meanwhile (and taken once it is confirmed);
+        any dropped come back as a gap, revealed by the next trade or silence check."""
+        self.unconfirmed += 1
+        if self._verifying is not None and not self._verifying.dead:
+            if len(self._held) < HELD_MAX:
+                self._held.append((session, tick))
+        elif self._clock() >= self._next_verify:
+            self._held = []
+            self._verifying = self._group.spawn(self._verify, session, tick, known)
+
+    def _verify(self, session: Session, tick: Tick, known: int) -> None:
+        try:
+            found = self._rest.agg_trades(self.symbol, from_id=tick.id, limit=1)
+        except RestError as exc:
+            found, error = None, exc
+        else:
+            error = None
+        held, self._held = self._held, []
+        if found and found[0].id == tick.id and found[0].timestamp == tick.timestamp:
+            log.info(
+                "trade id jump confirmed %s",
+                kv(symbol=self.symbol, id=tick.id, after=known, count=tick.id - known - 1),
+            )
+            self._accept(session, tick)
+            for held_session, held_tick in held:
+                self._take(held_session, held_tick)
+            return
+        self._next_verify = self._clock() + VERIFY_RETRY
+        log.warning(
+            "implausible trade id skipped %s",
+            kv(
+                symbol=self.symbol,
+                id=tick.id,
+                last=known,
+                reason=error or "Binance has no such trade",
+                held=len(held),
+            ),
+        )
 
     def _gap(self, first: int, last: int, found_by: str) -> None:
         self.stats.gaps_found += 1
@@ -391,10 +489,17 @@ class Stream:
             since = int((self._wall() - AUDIT_WINDOW) * 1000)
             try:
                 for first, last in self._db.holes(self.symbol, since):
-                    self._gap(first, last, "audit")
+                    if not self._was_paused(first, last):
+                        self._gap(first, last, "audit")
             except Exception as exc:  # noqa: BLE001 (sqlite3.Error or a bug: retried tomorrow)
-                log.error("audit failed %s", kv(symbol=self.symbol, error=exc))
+                log.error("audit failed %s", kv(symbol=self.symbol, error=failure(exc)))
             gevent.sleep(AUDIT_EVERY)
+
+    def _was_paused(self, first: int, last: int) -> bool:
+        after, before = self._paused
+        if after is None:
+            return False
+        return first > after and (before is None or last < before)
 
     def _next_check_at(self) -> float:
         """When a silence check is due: after STREAM_SILENCE_TIMEOUT without a trade (soon
@@ -422,6 +527,9 @@ class Stream:
                     )
             else:
                 log.warning("silence check failed %s", kv(symbol=self.symbol, error=exc))
+            return
+        except Exception as exc:  # noqa: BLE001 (a bug: logged, and the next check runs anyway)
+            log.error("silence check failed %s", kv(symbol=self.symbol, error=failure(exc)))
             return
         if not trades:
             return
