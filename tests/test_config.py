@@ -101,3 +101,11 @@ def test_unusable_db_directory_names_db_path(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="DB_PATH"):
         prepare_db_dir(load({"DB_PATH": str(tmp_path / "file" / "ticks.db")}))
+
+
+def test_a_db_directory_that_cannot_be_created_is_said_so(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError) as info:
+        prepare_db_dir(load({"DB_PATH": str(tmp_path / "file" / "sub" / "ticks.db")}))
+    assert "cannot create its directory" in str(info.value)
+    assert str(tmp_path / "file") in str(info.value)

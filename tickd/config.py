@@ -133,6 +133,11 @@ def prepare_db_dir(config: Config) -> None:
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"invalid DB_PATH={config.db_path!r}: {exc.strerror}") from None
+        raise ConfigError(
+            f"invalid DB_PATH={config.db_path!r}: cannot create its directory "
+            f"{exc.filename or directory}: {exc.strerror}"
+        ) from None
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise ConfigError(f"invalid DB_PATH={config.db_path!r}: directory is not writable")
+        raise ConfigError(
+            f"invalid DB_PATH={config.db_path!r}: directory {directory} is not writable"
+        )

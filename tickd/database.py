@@ -9,6 +9,7 @@ WAL checkpoints, which fsync, run on a second connection in gevent's thread pool
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import os
 import sqlite3
@@ -51,6 +52,11 @@ def file_size(path: str) -> int:
         return os.stat(path).st_size
     except OSError:
         return 0
+
+
+def _identity(path: str) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
 
 
 def quote(identifier: str) -> str:
@@ -141,6 +147,7 @@ class Database:
         self._throttle = Throttle(60.0, clock)
         self._conn: sqlite3.Connection | None = None
         self._checkpointer: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file opened
         self.write_latency = Latency(WRITE_BUCKETS)  # each write, lock waits included
 
     # -- opening and closing -------------------------------------------------------------
@@ -150,10 +157,18 @@ class Database:
 
         Raises sqlite3.DatabaseError if the file is not a usable SQLite database.
         """
-        conn = sqlite3.connect(self.path, isolation_level=None, cached_statements=STATEMENT_CACHE)
+        # Used only under the Semaphore; a thread touches it only in `reopen`, while the
+        # Semaphore keeps every greenlet away.
+        conn = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            cached_statements=STATEMENT_CACHE,
+            check_same_thread=False,
+        )
         self._conn = conn
         try:
             self._retry(self._setup, conn)
+            self._identity = _identity(self.path)
             # Checkpoints copy the WAL into the database and fsync: never on the hub.
             self._checkpointer = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False
@@ -185,6 +200,54 @@ class Database:
                 if conn is not None:
                     conn.close()
             self._conn = self._checkpointer = None
+
+    def moved(self) -> str | None:
+        """None while DB_PATH still names the file this connection has open; else
+        "deleted" or "replaced". Writes to a file no longer at the path are lost at the
+        next start, so the caller reopens (see `reopen`)."""
+        try:
+            now = _identity(self.path)
+        except FileNotFoundError:
+            return "deleted"
+        return None if now == self._identity else "replaced"
+
+    def reopen(self, rescue: bool) -> str | None:
+        """Close the file we have open and open whatever DB_PATH names now.
+
+        With `rescue` (the file was deleted under us), what it holds, still readable through
+        our connection, is first copied to a new file at DB_PATH, so nothing stored is lost.
+        Returns the path of the copy, or None. Raises sqlite3.Error or OSError; the
+        database is then closed.
+        """
+        copy = None
+        with self._semaphore:
+            conn = self._conn
+            if conn is not None and rescue and not os.path.exists(self.path):
+                copy = f"{self.path}.rescued-{int(time.time())}"
+
+                def save() -> None:
+                    with contextlib.closing(sqlite3.connect(copy, isolation_level=None)) as out:
+                        conn.backup(out)  # one step: one read snapshot
+
+                # A copy of gigabytes takes seconds: off the hub, while the Semaphore keeps
+                # every greenlet away from the connection.
+                try:
+                    gevent.get_hub().threadpool.apply(save)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.remove(copy)
+                    raise
+            # Closing the last connection checkpoints into the old file and removes the
+            # -wal and -shm beside DB_PATH, which belong to it, not to what is there now.
+            olds, self._conn, self._checkpointer = (self._checkpointer, conn), None, None
+            for old in olds:
+                if old is not None:
+                    old.close()
+            if copy is not None and not os.path.exists(self.path):
+                os.replace(copy, self.path)
+                copy = self.path
+        self.open()
+        return copy
 
     def checkpoint(self) -> tuple[int, int, int]:
         """Copy committed WAL frames into the database, in a worker thread.
