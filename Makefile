@@ -24,10 +24,11 @@ run:
 stop:
 	$(COMPOSE) down
 
-## status: print the status page, or say that the store is not running
+## status: print the status page, or say that the store is not running and fail
+## (so that scripts can tell)
 status:
-	@curl -sf --max-time 5 http://localhost:$(HTTP_PORT)/status || \
-		printf 'Binance Tick Store\n\nStatus:     stopped (connection refused)\n'
+	@curl -sf --max-time 5 http://localhost:$(HTTP_PORT)/status || { \
+		printf 'Binance Tick Store\n\nStatus:     stopped (connection refused)\n'; exit 1; }
 
 ## logs: follow the container's logs
 logs:
@@ -72,6 +73,7 @@ bench: install
 reliability: install
 	RELIABILITY_FULL=1 $(PY) -m pytest -p no:cacheprovider -o timeout=3600 -v -s \
 		tests/reliability tests/test_wire.py tests/test_symbols.py tests/test_frames.py \
+		tests/test_rest.py \
 		--hypothesis-show-statistics
 
 ## soak: 30 minutes at realistic load with random faults (not in CI)
@@ -80,25 +82,33 @@ soak: install
 		tests/reliability/test_soak.py
 
 # Symbol management, backups and exports: plain SQL through tickd.admin, with the local
-# virtualenv if there is one, else inside the running container. Arguments come from the
-# environment (SYMBOL, DAY, OUT) and are passed as single arguments, never pasted into SQL.
-ADMIN = $(if $(wildcard $(PY)),$(PY) -m tickd.admin,$(COMPOSE) exec -T tick-store python -m tickd.admin)
+# virtualenv if there is one (on DB_PATH, default ./.data/ticks.db), else inside the running
+# container (on its database). With neither a virtualenv nor Docker Compose they say what to
+# do and fail. Arguments come from the environment (SYMBOL, DAY, OUT) and are passed as
+# single arguments, never pasted into SQL.
+NO_ADMIN = printf '%s\n' "no $(PY) and no working Docker Compose ($(COMPOSE)): run 'make install' for a local virtualenv, or 'make run' to start the store in Docker" >&2; exit 1
+IN_CONTAINER = { $(COMPOSE) version >/dev/null 2>&1 || { $(NO_ADMIN); }; } && \
+	$(COMPOSE) exec -T tick-store python -m tickd.admin
+ADMIN = $(if $(wildcard $(PY)),$(PY) -m tickd.admin,$(IN_CONTAINER))
 
 ## symbols: list symbol_settings
 symbols:
 	@$(ADMIN) symbols
 
-## symbol-add SYMBOL=BTCUSDT: add a symbol (or enable it again)
+## symbol-add SYMBOL=BTCUSDT: add a symbol (or enable it again); warns if Binance
+## does not list it
 symbol-add:
 	@$(ADMIN) add "$$SYMBOL"
 
 ## symbol-enable SYMBOL=BTCUSDT / symbol-disable SYMBOL=BTCUSDT: resume or pause
+## (ticks traded while paused are not recorded)
 symbol-enable:
 	@$(ADMIN) enable "$$SYMBOL"
 symbol-disable:
 	@$(ADMIN) disable "$$SYMBOL"
 
-## symbol-remove SYMBOL=BTCUSDT: stop recording it (its table and ticks stay)
+## symbol-remove SYMBOL=BTCUSDT: stop recording it (its table and ticks stay); a refused
+## name is matched exactly as stored
 symbol-remove:
 	@$(ADMIN) remove "$$SYMBOL"
 
