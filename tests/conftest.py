@@ -1,4 +1,7 @@
-"""Shared fixtures; the test process is monkey-patched like the store itself."""
+"""Shared fixtures; the test process is monkey-patched like the store itself.
+
+Helpers that are not fixtures live in helpers.py.
+"""
 
 from gevent import monkey
 
@@ -6,162 +9,33 @@ monkey.patch_all()
 
 import gc  # noqa: E402
 import os  # noqa: E402
-import re  # noqa: E402
-import signal  # noqa: E402
-import sqlite3  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import urllib.error  # noqa: E402
-import urllib.request  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
+import helpers  # noqa: E402
+from helpers import FULL, Store, wait_for  # noqa: E402
 from tickd.fakebinance import FakeBinance  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+# Still imported from here by test modules that have not moved to `from helpers import`.
+ROOT, complete, process_usage, rows, wait_complete = (
+    helpers.ROOT,
+    helpers.complete,
+    helpers.process_usage,
+    helpers.rows,
+    helpers.wait_complete,
+)
 
 # make reliability runs the property tests with many more examples.
 settings.register_profile("full", max_examples=20_000, deadline=None)
-if os.environ.get("RELIABILITY_FULL") == "1":
+if FULL:
     settings.load_profile("full")
 
 # The hub's event loop and thread pool open descriptors once per process, on first use:
 # open them now, so the leak check below sees only what a test itself leaves behind.
 gevent.get_hub().threadpool.apply(int)
 gevent.sleep(0)
-
-
-def wait_for(predicate, timeout=5.0, what="condition"):
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        gevent.sleep(0.02)
-
-
-class Store:
-    """`python -m tickd` as a child process, with its log lines collected as they come."""
-
-    def __init__(self, db_path, env):
-        self.db_path = str(db_path)
-        self.env = {
-            **os.environ,
-            "DB_PATH": self.db_path,
-            "HTTP_PORT": "0",
-            "SETTINGS_POLL_INTERVAL": "200ms",
-            **env,
-        }
-        self.lines: list[str] = []
-        self.proc = None
-        self.port = None
-        self._reader = None
-
-    def start(self, wait=True):
-        self.lines = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tickd"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self._reader = gevent.spawn(self._read, self.proc)
-        if wait:
-            line = wait_for(lambda: self.find("http listening"), 10, "the store to listen")
-            self.port = int(re.search(r"port=(\d+)", line).group(1))
-        return self
-
-    def _read(self, proc):
-        for line in proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def find(self, text):
-        return next((line for line in self.lines if text in line), None)
-
-    def log(self):
-        return "\n".join(self.lines)
-
-    def wait(self, timeout=10):
-        code = self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=5)
-        return code
-
-    def terminate(self, timeout=10):
-        self.proc.send_signal(signal.SIGTERM)
-        return self.wait(timeout)
-
-    def close(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        if self._reader:
-            self._reader.join(timeout=5)  # the pipe is at its end once the process is gone
-            self._reader.kill()
-        if self.proc:
-            self.proc.stdout.close()
-
-    def get(self, path, timeout=5):
-        """(status, body) of an HTTP GET to the store."""
-        url = f"http://127.0.0.1:{self.port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            with error:
-                return error.code, error.read().decode()
-
-    def sql(self, statement, params=()):
-        """Run SQL as another program would; retried cooperatively while the store writes."""
-        conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=0)
-        try:
-            deadline = time.monotonic() + 5
-            while True:
-                try:
-                    return conn.execute(statement, params).fetchall()
-                except sqlite3.OperationalError as exc:
-                    if exc.sqlite_errorname != "SQLITE_BUSY" or time.monotonic() > deadline:
-                        raise
-                    gevent.sleep(0.005)
-        finally:
-            conn.close()
-
-    def rows(self, symbol):
-        table = '"prices_' + symbol.replace('"', '""') + '"'
-        return self.sql(f"SELECT id, timestamp, price FROM {table} ORDER BY id")
-
-
-def rows(store, symbol):
-    """The stored (id, timestamp, price) of `symbol`, by id; [] if it has no table yet."""
-    try:
-        return store.rows(symbol)
-    except sqlite3.OperationalError:
-        return []
-
-
-def expected_from_first_stored(store, fake, symbol):
-    stored = rows(store, symbol)
-    if not stored:
-        return None
-    return [(t["a"], t["T"], float(t["p"])) for t in fake.history(symbol) if t["a"] >= stored[0][0]]
-
-
-def complete(store, fake, symbol):
-    """True if `symbol`'s table holds exactly the exchange's trades from its first stored id."""
-    stored = rows(store, symbol)
-    return bool(stored) and stored == expected_from_first_stored(store, fake, symbol)
-
-
-def wait_complete(store, fake, symbol, timeout=15):
-    wait_for(lambda: complete(store, fake, symbol), timeout, f"every id of {symbol}")
 
 
 def _live_greenlets():
@@ -189,13 +63,6 @@ def no_leaks():
 def fake():
     with FakeBinance(ping_interval=1.0) as exchange:
         yield exchange
-
-
-def process_usage(pid):
-    """(resident memory in bytes, open descriptors) of a process."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
-    return rss_kb * 1024, len(os.listdir(f"/proc/{pid}/fd"))
 
 
 @pytest.fixture

@@ -1,54 +1,52 @@
 """Configuration from the environment."""
 
 import logging
+from dataclasses import replace
 
 import pytest
 
 from tickd.config import Config, ConfigError, load, parse_duration, prepare_db_dir
 
+DEFAULTS = Config(
+    db_path="./.data/ticks.db",
+    http_port=8080,
+    ws_url="wss://fstream.binance.com/market/ws",
+    rest_url="https://fapi.binance.com",
+    poll_interval=60.0,
+    stale_timeout=300.0,
+    max_age=85800.0,
+    silence_timeout=300.0,
+    rest_weight=1200,
+    log_level=logging.INFO,
+)
+VARIABLES = [  # (variable, as set, Config field, as read): one for every field
+    ("DB_PATH", "/tmp/x.db", "db_path", "/tmp/x.db"),
+    ("HTTP_PORT", "0", "http_port", 0),
+    ("BINANCE_WS_URL", "ws://127.0.0.1:9/market/ws/", "ws_url", "ws://127.0.0.1:9/market/ws"),
+    ("BINANCE_REST_URL", "http://127.0.0.1:9", "rest_url", "http://127.0.0.1:9"),
+    ("SETTINGS_POLL_INTERVAL", "500ms", "poll_interval", 0.5),
+    ("STREAM_STALE_TIMEOUT", "90s", "stale_timeout", 90.0),
+    ("STREAM_MAX_AGE", "12h", "max_age", 43200.0),
+    ("STREAM_SILENCE_TIMEOUT", "2m", "silence_timeout", 120.0),
+    ("REST_WEIGHT_PER_MINUTE", "600", "rest_weight", 600),
+    ("LOG_LEVEL", "DEBUG", "log_level", logging.DEBUG),
+]
+
 
 def test_defaults():
-    assert load({}) == Config(
-        db_path="./.data/ticks.db",
-        http_port=8080,
-        ws_url="wss://fstream.binance.com/market/ws",
-        rest_url="https://fapi.binance.com",
-        poll_interval=60.0,
-        stale_timeout=300.0,
-        max_age=85800.0,
-        silence_timeout=300.0,
-        rest_weight=1200,
-        log_level=logging.INFO,
-    )
+    assert load({}) == DEFAULTS
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "field", "value"), VARIABLES, ids=[v[0] for v in VARIABLES]
+)
+def test_each_variable_sets_its_field_only(variable, text, field, value):
+    assert load({variable: text}) == replace(DEFAULTS, **{field: value})
 
 
 def test_every_variable_is_read():
-    config = load(
-        {
-            "DB_PATH": "/tmp/x.db",
-            "HTTP_PORT": "0",
-            "BINANCE_WS_URL": "ws://127.0.0.1:9/market/ws/",
-            "BINANCE_REST_URL": "http://127.0.0.1:9",
-            "SETTINGS_POLL_INTERVAL": "500ms",
-            "STREAM_STALE_TIMEOUT": "90s",
-            "STREAM_MAX_AGE": "23h50m",
-            "STREAM_SILENCE_TIMEOUT": "2m",
-            "REST_WEIGHT_PER_MINUTE": "600",
-            "LOG_LEVEL": "DEBUG",
-        }
-    )
-    assert config == Config(
-        db_path="/tmp/x.db",
-        http_port=0,
-        ws_url="ws://127.0.0.1:9/market/ws",
-        rest_url="http://127.0.0.1:9",
-        poll_interval=0.5,
-        stale_timeout=90.0,
-        max_age=85800.0,
-        silence_timeout=120.0,
-        rest_weight=600,
-        log_level=logging.DEBUG,
-    )
+    config = load({variable: text for variable, text, _, _ in VARIABLES})
+    assert config == Config(**{field: value for _, _, field, value in VARIABLES})
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,11 @@
-"""A fake Binance USD-M futures exchange (aggTrade raw streams and REST) with faults on demand."""
+"""A fake Binance USD-M futures exchange (aggTrade streams and REST) with faults on demand.
+
+Each listed symbol's trades come from a tape (`Tape`): by default `History`, which records every
+trade so that tests can compare what a client stored with what was made, and REST serves it back.
+A load generator passes a tape that keeps nothing (`FakeBinance(tape=...)`), and its own control
+endpoints (`routes=`), and uses the fake's ways of trading: one trade (`trade`), a Poisson market
+(`run_market`), a burst at a set rate (`burst`), or as fast as each client reads (`firehose`).
+"""
 
 import argparse
 import bisect
@@ -11,11 +18,11 @@ import socket
 import struct
 import time
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 import gevent
@@ -39,9 +46,13 @@ SLOW_CUT = 10.0  # seconds a slow consumer gets to read up to our close frame be
 WRITE_CHUNK = 64 * 1024  # bytes of queued frames a writer joins into one sendall
 BURST_TICK = 0.01  # seconds a burst sleeps when it is ahead of its rate
 BURST_BATCH = 2000  # most trades a burst makes per wake-up, so that others get the hub
+FIREHOSE_BATCH = 32  # trades a firehose writer makes and writes per sendall
+COMBINED = "/market/stream"  # combined streams: ?streams=a@aggTrade/b@aggTrade, in an envelope
 QUOTES = ("USDT", "USDC", "BUSD", "BTC")  # quote assets, for exchangeInfo's base/quote split
 TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 _DROP = -1  # outbox marker: cut the TCP connection without a close frame
+_WAKE = -2  # outbox marker: nothing to send, look at the firehose again
+_NOTED = -3  # outbox marker: a text frame whose write time is noted, (payload, symbol, id)
 _REFUSED = "fakebinance.refused"  # environ key: answer this handshake with an HTTP error
 _REST_ROW = '{"a":%d,"p":"%s","q":"%s","nq":"%s","f":%d,"l":%d,"T":%d,"m":%s}'
 _BOOL = ("false", "true")
@@ -103,6 +114,11 @@ def _json(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def _envelope(stream: str, payload: bytes) -> bytes:
+    """A combined stream's frame: `{"stream":"btcusdt@aggTrade","data":<the raw frame>}`."""
+    return b'{"stream":' + _json(stream) + b',"data":' + payload + b"}"
+
+
 def _shutdown(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
@@ -115,8 +131,29 @@ def _status_line(status: int) -> str:
         return f"{status} Error"
 
 
-class _Market:
-    """One listed symbol: its id counters, its price walk and every trade made.
+class Tape(Protocol):
+    """One listed symbol's trades: it makes each next one and serves them back over REST.
+
+    `FakeBinance(tape=factory)` calls `factory(symbol, first_id, price)` when a symbol is listed
+    (`price`: the listing's, as Binance writes prices). The fake queues what `add` returns to
+    the symbol's streams, and answers GET /fapi/v1/aggTrades with what `page` returns.
+    """
+
+    next_id: int  # the id of the next trade; skip_ids() moves it on
+
+    def add(self, rng: random.Random, time_ms: int, price: str | None) -> bytes:
+        """Make trade `next_id`, traded at `time_ms` (at `price`, if given and the tape honours
+        it), and advance `next_id`; return its raw aggTrade frame, field for field Binance's."""
+        ...
+
+    def page(self, from_id: int | None, limit: int, oldest: int | None) -> bytes:
+        """The JSON array of GET /fapi/v1/aggTrades: up to `limit` trades, oldest first, from
+        `from_id` on, or the latest `limit` if None; none older than id `oldest` (if given)."""
+        ...
+
+
+class History:
+    """The default tape: one listed symbol's id counters, its price walk and every trade made.
 
     Trades are kept in columns (arrays of machine integers), not as dicts: a burst makes
     hundreds of thousands, and a dict per trade would take close to a kilobyte each.
@@ -210,6 +247,13 @@ class _Market:
             "st": 1,
         }
 
+    def page(self, from_id: int | None, limit: int, oldest: int | None) -> bytes:
+        if from_id is None:
+            start = max(len(self.ids) - limit, bisect.bisect_left(self.ids, oldest or 0))
+        else:
+            start = bisect.bisect_left(self.ids, from_id)
+        return self.rest_rows(start, min(start + limit, len(self)))
+
     def rest_rows(self, start: int, stop: int) -> bytes:
         """Trades start..stop-1 as the JSON array GET /fapi/v1/aggTrades answers."""
         ids, prices, qtys, fills, spans, times, makers = (
@@ -258,18 +302,22 @@ class _Conn:
 
     __slots__ = (
         "closing",
+        "combined",
         "ended",
         "outbox",
         "path",
         "peer_closed",
         "sock",
         "stalled",
-        "stream",
+        "streams",
     )
 
-    def __init__(self, path: str, stream: str | None, sock: socket.socket) -> None:
+    def __init__(
+        self, path: str, streams: tuple[str, ...], combined: bool, sock: socket.socket
+    ) -> None:
         self.path = path
-        self.stream = stream  # None on a dead route: such a socket never gets anything
+        self.streams = streams  # none on a dead route: such a socket never gets anything
+        self.combined = combined  # each frame in an envelope naming its stream
         self.sock = sock
         self.outbox: gevent.queue.Queue = gevent.queue.Queue()  # frames not yet sent
         self.stalled = False
@@ -324,10 +372,15 @@ class FakeBinance:
         max_backlog: int | None = None,
         send_buffer: int | None = None,
         clock: Callable[[], float] = time.time,
+        tape: Callable[[str, int, str], Tape] = History,
+        routes: Mapping[str, Callable[[dict[str, str]], Any]] | None = None,
     ) -> None:
         """`max_backlog`: frames a websocket may have queued, unsent, before it is closed with
         1008 as a slow consumer (None: no bound). `send_buffer`: SO_SNDBUF of each websocket
-        in bytes (None: the system's, which grows to megabytes on loopback)."""
+        in bytes (None: the system's, which grows to megabytes on loopback). `tape`: makes
+        each listed symbol's `Tape` (default `History`, which `history()` needs). `routes`:
+        more GET paths, each answered 200 with the JSON of `handler(query parameters)`, before
+        the exchange's own routes and without weight."""
         self._address = (host, port)
         self._ping_interval = ping_interval
         self._retention = retention  # how many of the most recent ids REST still serves
@@ -338,9 +391,17 @@ class FakeBinance:
         self._server: WSGIServer | None = None
         self._workers = gevent.pool.Group()  # one writer per websocket
         self._market = gevent.pool.Group()  # trade generators of run_market() and burst()
-        self._markets: dict[str, _Market] = {}
-        self._streams: set[str] = set()  # streams of the listed symbols
+        self._tape = tape
+        self._routes = dict(routes or {})
+        self._markets: dict[str, Tape] = {}
+        self._names: dict[str, str] = {}  # listed symbol -> its stream
+        self._listed: dict[str, str] = {}  # stream of a listed symbol -> the symbol
+        self._ticks: dict[str, str] = {}  # listed symbol -> tickSize in exchangeInfo
         self._conns: list[_Conn] = []
+        self._subscribers: dict[str, list[_Conn]] = {}  # stream name -> its open websockets
+        self._firehose = False
+        self._watched: set[str] = set()  # symbols whose trade frames' write times are noted
+        self._sends: list[tuple[str, int, float]] = []
         self._pongs: dict[str, int] = {}  # stream name -> pongs received
         self._handshakes: list[tuple[float, str]] = []
         self._refusals: list[int] = []
@@ -408,29 +469,72 @@ class FakeBinance:
             return
         if first_id is None:
             first_id = FIRST_ID + 1_000_000 * len(self._markets)
-        self._markets[symbol] = _Market(symbol, first_id, price)
-        self._streams.add(stream_name(symbol))
+        self._markets[symbol] = self._tape(symbol, first_id, price)
+        self._names[symbol] = stream = stream_name(symbol)
+        self._listed[stream] = symbol
+        scale = _units(price)[1]
+        self._ticks[symbol] = f"0.{'0' * (scale - 1)}1" if scale else "1"
 
     def trade(self, symbol: str, *, price: str | None = None, time_ms: int | None = None) -> dict:
-        """Make the symbol's next aggregate trade, record it and queue it to its streams."""
-        self.list_symbol(symbol)
-        market = self._markets[symbol]
-        t = int(self._clock() * 1000) if time_ms is None else time_ms
-        payload = market.add(self._rng, t, price)
-        for conn in self._conns_of(symbol):
-            if not conn.stalled:
-                self._queue(conn, TEXT, payload)
-        return market.trade(len(market) - 1)
+        """Make the symbol's next aggregate trade and queue it to its streams; return it, as
+        its frame decoded. `History` also records it (`history()`)."""
+        return json.loads(self._trade(symbol, price, time_ms))
 
     def skip_ids(self, symbol: str, n: int) -> None:
-        """Leave a hole of `n` ids in the symbol's history, as Binance's own history has."""
+        """Skip `n` ids in the symbol's stream. `History` never makes them: a hole in its
+        history, as Binance's own has; a tape that serves every id below `next_id` over REST
+        makes them a gap for a client to repair."""
         self.list_symbol(symbol)
         self._markets[symbol].next_id += n
 
     def history(self, symbol: str) -> list[dict]:
-        """Every trade made for the symbol, oldest first (new dicts, made on each call)."""
+        """Every trade made for the symbol, oldest first (new dicts, made on each call).
+        Raises TypeError if its tape is not a `History`."""
         market = self._markets.get(symbol)
-        return [market.trade(i) for i in range(len(market))] if market else []
+        if market is None:
+            return []
+        if not isinstance(market, History):
+            raise TypeError(f"the tape of {symbol} keeps no history: {type(market).__name__}")
+        return [market.trade(i) for i in range(len(market))]
+
+    def firehose(self, on: bool = True) -> None:
+        """While on, the writer of every raw stream of a listed symbol makes trades for it as
+        fast as its socket takes them (TCP back-pressure paces it), FIREHOSE_BATCH a write;
+        what is queued (a close, a pong) goes first. No pings meanwhile."""
+        self._firehose = on
+        for conn in self._conns:
+            conn.outbox.put((_WAKE, b""))
+
+    def watch_sends(self, symbols: Iterable[str]) -> None:
+        """From now on note when each trade frame of `symbols` made by trade() or run_market()
+        is written to a socket (`sends()`); an empty list stops it."""
+        self._watched = set(symbols)
+
+    def sends(self) -> list[tuple[str, int, float]]:
+        """(symbol, id, clock time just before the write) of each noted trade frame since the
+        last call, which forgets them."""
+        sends, self._sends = self._sends, []
+        return sends
+
+    def _trade(self, symbol: str, price: str | None = None, time_ms: int | None = None) -> bytes:
+        """Make the symbol's next trade and queue it to its streams; its frame."""
+        self.list_symbol(symbol)
+        market = self._markets[symbol]
+        t = int(self._clock() * 1000) if time_ms is None else time_ms
+        payload = market.add(self._rng, t, price)
+        noted = symbol in self._watched
+        wrapped = None
+        for conn in self._conns_of(symbol):
+            if conn.stalled:
+                continue
+            data = payload
+            if conn.combined:
+                data = wrapped = wrapped or _envelope(self._names[symbol], payload)
+            if noted:
+                self._queue(conn, _NOTED, (data, symbol, market.next_id - 1))
+            else:
+                self._queue(conn, TEXT, data)
+        return payload
 
     def run_market(self, symbols: Iterable[str], rate: float) -> None:
         """Trade the symbols at `rate` trades per second in all (Poisson), until stop_market()."""
@@ -459,7 +563,7 @@ class FakeBinance:
 
     def _trade_forever(self, symbol: str, rate: float) -> None:
         while True:
-            self.trade(symbol)
+            self._trade(symbol)
             gevent.sleep(self._rng.expovariate(rate))
 
     def _burst(self, symbols: list[str], rate: float, seconds: float) -> Burst:
@@ -482,7 +586,10 @@ class FakeBinance:
                     for conn in self._conns_of(symbol):
                         if conn.stalled:
                             continue
-                        for payload in payloads:
+                        frames = payloads
+                        if conn.combined:
+                            frames = [_envelope(self._names[symbol], p) for p in payloads]
+                        for payload in frames:
                             if not self._queue(conn, TEXT, payload):
                                 break
             if now >= end:
@@ -541,6 +648,8 @@ class FakeBinance:
         """Keep the sockets open but send no trade, ping or pong on them while on."""
         for conn in self._conns_of(symbol):
             conn.stalled = on
+            if self._firehose:
+                conn.outbox.put((_WAKE, b""))  # its writer takes up the firehose at once
 
     def send_raw(self, symbol: str, data: str | bytes, *, binary: bool = False) -> None:
         """Send a text (or binary) frame of any payload, even invalid UTF-8; stalled or not."""
@@ -560,8 +669,8 @@ class FakeBinance:
         self._rest_faults.setdefault(path, []).extend([(status, retry_after)] * count)
 
     def _conns_of(self, symbol: str) -> list[_Conn]:
-        stream = stream_name(symbol)
-        return [c for c in self._conns if c.stream == stream and not c.closing]
+        stream = self._names.get(symbol) or stream_name(symbol)
+        return [c for c in self._subscribers.get(stream, ()) if not c.closing]
 
     def _queue(self, conn: _Conn, opcode: int, payload: bytes) -> bool:
         """Queue a data frame to `conn`, unless that passes `max_backlog`: then close it as a
@@ -609,7 +718,7 @@ class FakeBinance:
         if self._refusals:
             environ[_REFUSED] = self._refusals.pop(0)
             return True
-        return split_ws_path(path) is None
+        return split_ws_path(path) is None and path != COMBINED
 
     def _app(self, environ: dict, start_response: Callable) -> list[bytes]:
         path = _wsgi_text(environ.get("PATH_INFO", ""))
@@ -618,8 +727,12 @@ class FakeBinance:
             self._serve(ws, path)
             return []
         headers: list[tuple[str, str]] = []
+        route = self._routes.get(path)
         if _REFUSED in environ:
             status, body = environ[_REFUSED], b""
+        elif route is not None:
+            query = dict(parse_qsl(_wsgi_text(environ.get("QUERY_STRING", ""))))
+            status, body = 200, _json(route(query))
         elif path in (AGG_TRADES, EXCHANGE_INFO):
             query = _wsgi_text(environ.get("QUERY_STRING", ""))
             status, headers, body = self._rest(path, query)
@@ -630,16 +743,26 @@ class FakeBinance:
         return [body]
 
     def _serve(self, ws: WebSocket, path: str) -> None:
-        route, stream = split_ws_path(path) or ("", "")
-        conn = _Conn(path, stream if route == "/market/ws/" else None, ws.handler.socket)
+        if path == COMBINED:
+            query = dict(parse_qsl(_wsgi_text(ws.environ.get("QUERY_STRING", ""))))
+            named = (s for s in query.get("streams", "").split("/") if s)
+            conn = _Conn(path, tuple(dict.fromkeys(named)), True, ws.handler.socket)
+        else:
+            route, stream = split_ws_path(path) or ("", "")
+            streams = (stream,) if route == "/market/ws/" else ()
+            conn = _Conn(path, streams, False, ws.handler.socket)
         if self._send_buffer is not None:
             conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
         self._conns.append(conn)
+        for stream in conn.streams:
+            self._subscribers.setdefault(stream, []).append(conn)
         writer = self._workers.spawn(self._write_loop, conn)
         try:
             self._read_loop(ws, conn)
         finally:
             self._conns.remove(conn)
+            for stream in conn.streams:
+                self._subscribers[stream].remove(conn)
             writer.kill()
             _shutdown(conn.sock)  # also makes gevent-websocket's own closing frame fail quietly
             conn.ended.set()
@@ -651,8 +774,9 @@ class FakeBinance:
                 header, payload = ws.read_frame()
             except OSError:  # EOF, reset or a protocol error (WebSocketError is an OSError)
                 return
-            if header.opcode == PONG and conn.stream is not None:
-                self._pongs[conn.stream] = self._pongs.get(conn.stream, 0) + 1
+            if header.opcode == PONG:
+                for stream in conn.streams:
+                    self._pongs[stream] = self._pongs.get(stream, 0) + 1
             elif header.opcode == PING and not conn.stalled:
                 conn.outbox.put((PONG, payload))
             elif header.opcode == CLOSE:
@@ -663,11 +787,12 @@ class FakeBinance:
 
     def _ping(self, conn: _Conn) -> None:
         """A ping like Binance's (payload: the time in ms), unless the socket is silent."""
-        if conn.stream in self._streams and not conn.stalled:
+        if not conn.stalled and any(stream in self._listed for stream in conn.streams):
             conn.sock.sendall(encode_frame(PING, str(int(self._clock() * 1000)).encode()))
 
     def _write_loop(self, conn: _Conn) -> None:
         """Send what the outbox holds, and a ping every ping_interval; hang up at the end.
+        With the firehose on and nothing queued, send the next firehose batch.
 
         Frames queued meanwhile go out together, up to WRITE_CHUNK bytes per sendall: while a
         slow client keeps that sendall waiting, the outbox (the backlog) grows."""
@@ -675,6 +800,11 @@ class FakeBinance:
         outbox, sendall = conn.outbox, conn.sock.sendall
         try:
             while True:
+                if self._firehose and outbox.empty():
+                    batch = self._firehose_batch(conn)
+                    if batch:
+                        sendall(batch)
+                        continue
                 wait = max(0.0, next_ping - time.monotonic())
                 try:
                     opcode, payload = outbox.get(timeout=wait)
@@ -682,16 +812,9 @@ class FakeBinance:
                     next_ping = time.monotonic() + self._ping_interval
                     self._ping(conn)
                     continue
-                chunk: list[bytes] = []
-                size = 0
-                while opcode != _DROP:
-                    chunk += (frame_header(opcode, len(payload)), payload)
-                    size += len(payload)
-                    if opcode == CLOSE or size >= WRITE_CHUNK or outbox.empty():
-                        break
-                    opcode, payload = outbox.get_nowait()
-                if chunk:
-                    sendall(b"".join(chunk))
+                data, opcode = self._join_queued(outbox, opcode, payload)
+                if data:
+                    sendall(data)
                 if opcode == _DROP:
                     return
                 if opcode == CLOSE:
@@ -701,6 +824,43 @@ class FakeBinance:
             return
         finally:
             _shutdown(conn.sock)
+
+    def _join_queued(
+        self, outbox: gevent.queue.Queue, opcode: int, payload: Any
+    ) -> tuple[bytes, int]:
+        """The frames of `opcode, payload` and of what is queued after it, up to WRITE_CHUNK
+        bytes, a close or a drop, as one write; and the last opcode taken."""
+        chunk: list[bytes] = []
+        size = 0
+        while True:
+            if opcode == _NOTED:
+                payload, symbol, trade_id = payload
+                self._sends.append((symbol, trade_id, self._clock()))
+                opcode = TEXT
+            if opcode == _DROP:
+                break
+            if opcode != _WAKE:
+                chunk += (frame_header(opcode, len(payload)), payload)
+                size += len(payload)
+            if opcode == CLOSE or size >= WRITE_CHUNK or outbox.empty():
+                break
+            opcode, payload = outbox.get_nowait()
+        return b"".join(chunk), opcode
+
+    def _firehose_batch(self, conn: _Conn) -> bytes:
+        """The next FIREHOSE_BATCH trades of the connection's symbol as frames, or b"" if the
+        connection takes no firehose (a combined or dead stream, stalled or closing)."""
+        if conn.combined or conn.stalled or conn.closing or len(conn.streams) != 1:
+            return b""
+        symbol = self._listed.get(conn.streams[0])
+        if symbol is None:
+            return b""
+        market, rng, t = self._markets[symbol], self._rng, int(self._clock() * 1000)
+        frames: list[bytes] = []
+        for _ in range(FIREHOSE_BATCH):
+            payload = market.add(rng, t, None)
+            frames += (frame_header(TEXT, len(payload)), payload)
+        return b"".join(frames)
 
     def _rest(self, path: str, query_string: str) -> tuple[int, list[tuple[str, str]], bytes]:
         """Charge the call's weight, then answer it, or refuse it (429, 418, a fault)."""
@@ -747,6 +907,7 @@ class FakeBinance:
                     "status": "TRADING",
                     "baseAsset": base,
                     "quoteAsset": quote,
+                    "filters": [{"filterType": "PRICE_FILTER", "tickSize": self._ticks[symbol]}],
                 }
             )
         server_time = int(self._clock() * 1000)
@@ -767,14 +928,10 @@ class FakeBinance:
             msg = "Data sent for parameter 'limit' is not valid."
             return 400, _json({"code": -1130, "msg": msg})
         oldest = market.next_id - self._retention if self._retention is not None else None
-        if from_id is None:
-            start = max(len(market.ids) - limit, bisect.bisect_left(market.ids, oldest or 0))
-        elif oldest is not None and from_id < oldest:
+        if from_id is not None and oldest is not None and from_id < oldest:
             msg = "Search window is restricted to recent 2 days only."
             return 400, _json({"code": -4166, "msg": msg})
-        else:
-            start = bisect.bisect_left(market.ids, from_id)
-        return 200, market.rest_rows(start, min(start + limit, len(market)))
+        return 200, market.page(from_id, limit, oldest)
 
 
 def main(argv: list[str] | None = None) -> int:

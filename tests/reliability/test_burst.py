@@ -16,8 +16,7 @@ import time
 import gevent
 import pytest
 
-from conftest import complete, rows, wait_for
-from reliability.conftest import FULL, enable, wait_connected
+from helpers import FULL, complete, enable, rows, wait_connected, wait_for
 from tickd.fakebinance import FakeBinance
 
 pytestmark = pytest.mark.slow
@@ -149,8 +148,8 @@ def holes(db_path, ranges):
 def test_a_burst_beyond_the_store_is_repaired_and_status_answers(fake, make_store):
     # Repair pages of 1000 ids cost 20 weight: 2400 a minute is 120 pages, 120,000 ids.
     store = make_store(REST_WEIGHT_PER_MINUTE="2400").start()
-    enable(store, fake, SYMBOLS)
-    wait_connected(fake, SYMBOLS)
+    enable(store, *SYMBOLS, fake=fake)
+    wait_connected(fake, *SYMBOLS)
     for symbol in SYMBOLS:  # a first stored id each: the store starts from its first trade
         fake.trade(symbol)
     wait_for(lambda: all(rows(store, s) for s in SYMBOLS), 10, "a first trade of each")

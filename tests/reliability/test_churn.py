@@ -7,8 +7,7 @@ import time
 import gevent
 import pytest
 
-from conftest import process_usage, wait_for
-from reliability.conftest import FULL
+from helpers import FULL, process_usage, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,7 @@ import time
 import gevent
 import pytest
 
-from conftest import complete, rows, wait_for
-from reliability.conftest import FULL, enable, wait_connected
+from helpers import FULL, complete, enable, rows, wait_connected, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +42,8 @@ def finish_and_check(store, fake, symbols, timeout):
 
 def test_sigkill_at_random_moments(fake, make_store):
     store = make_store(REST_WEIGHT_PER_MINUTE="2400").start()
-    enable(store, fake, SYMBOLS)
-    wait_connected(fake, SYMBOLS)
+    enable(store, *SYMBOLS, fake=fake)
+    wait_connected(fake, *SYMBOLS)
     fake.run_market(SYMBOLS, 500)
     rng = random.Random(7)
     for _ in range(KILLS):
@@ -60,8 +59,8 @@ def test_sigkill_at_random_moments(fake, make_store):
 @pytest.mark.parametrize("locked", [False, True], ids=["free", "write lock held elsewhere"])
 def test_sigterm_under_load_is_clean(fake, make_store, tmp_path, locked):
     store = make_store().start()
-    enable(store, fake, SYMBOLS)
-    wait_connected(fake, SYMBOLS)
+    enable(store, *SYMBOLS, fake=fake)
+    wait_connected(fake, *SYMBOLS)
     fake.run_market(SYMBOLS, 500)
     wait_for(lambda: len(rows(store, SYMBOLS[0])) > 10, 10)
     other = sqlite3.connect(store.db_path, isolation_level=None)
@@ -82,5 +81,5 @@ def test_sigterm_under_load_is_clean(fake, make_store, tmp_path, locked):
         assert not (tmp_path / "ticks.db-wal").exists()
     check_file(store.db_path)
     store.start()
-    wait_connected(fake, SYMBOLS)
+    wait_connected(fake, *SYMBOLS)
     finish_and_check(store, fake, SYMBOLS, 120)

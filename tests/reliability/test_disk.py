@@ -7,8 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import complete, wait_for
-from reliability.conftest import FULL, enable, wait_connected
+from helpers import FULL, complete, enable, wait_connected, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +42,8 @@ def test_a_full_disk_is_survived_and_repaired(fake, make_store, small_disk):
     store = make_store(DB_PATH=str(small_disk / "ticks.db"))
     store.db_path = str(small_disk / "ticks.db")
     store.start()
-    enable(store, fake, symbols)
-    wait_connected(fake, symbols)
+    enable(store, *symbols, fake=fake)
+    wait_connected(fake, *symbols)
     fake.run_market(symbols, 200)
     wait_for(lambda: all(complete(store, fake, s) for s in symbols), 10)
     filler = fill(small_disk)

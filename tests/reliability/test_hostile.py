@@ -6,8 +6,7 @@ import re
 
 import pytest
 
-from conftest import complete, wait_for
-from reliability.conftest import enable, wait_connected
+from helpers import complete, enable, wait_connected, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -31,13 +30,10 @@ VALID_BUT_ODD = ["select", "sqlite_master", "drop", "prices_BTCUSDT"]  # no vali
 
 def test_hostile_names_create_nothing_and_forge_nothing(fake, make_store):
     store = make_store().start()
-    store.sql(
-        "INSERT INTO symbol_settings (symbol) VALUES " + ",".join("(?)" for _ in NAMES),
-        tuple(NAMES),
-    )
+    enable(store, *NAMES)
     store.sql("INSERT INTO symbol_settings (symbol) VALUES (12.5), (NULL), (x'00ff')")
-    enable(store, fake, VALID_BUT_ODD)
-    wait_connected(fake, [n.upper() for n in VALID_BUT_ODD])
+    enable(store, *VALID_BUT_ODD, fake=fake)
+    wait_connected(fake, *(n.upper() for n in VALID_BUT_ODD))
     wait_for(lambda: store.log().count("invalid symbol ignored") >= len(NAMES) + 3, 5)
     tables = {n for (n,) in store.sql("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert tables == {"symbol_settings", "sqlite_sequence"} | {
@@ -83,8 +79,8 @@ FRAMES = {
 
 def test_hostile_frames_are_skipped_and_the_connection_kept(fake, make_store):
     store = make_store().start()
-    enable(store, fake, ["BTCUSDT"])
-    wait_connected(fake, ["BTCUSDT"])
+    enable(store, "BTCUSDT", fake=fake)
+    wait_connected(fake, "BTCUSDT")
     fake.trade("BTCUSDT")
     for frame in FRAMES.values():
         fake.send_raw("BTCUSDT", frame)

@@ -10,8 +10,7 @@ import gevent
 import gevent.pool
 import pytest
 
-from conftest import complete, process_usage, rows, wait_for
-from reliability.conftest import FULL, enable, wait_connected
+from helpers import FULL, complete, enable, process_usage, rows, wait_connected, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -19,8 +18,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def busy_store(fake, make_store):
     store = make_store().start()
-    enable(store, fake, ["AUSDT", "BUSDT"])
-    wait_connected(fake, ["AUSDT", "BUSDT"])
+    enable(store, "AUSDT", "BUSDT", fake=fake)
+    wait_connected(fake, "AUSDT", "BUSDT")
     fake.run_market(["AUSDT", "BUSDT"], 200)
     wait_for(lambda: rows(store, "AUSDT"), 5)
     yield store

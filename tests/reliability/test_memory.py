@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import process_usage, wait_for
+from helpers import process_usage, wait_for
 from tickd.database import INDEX_DDL, PRICES_DDL, SETTINGS_DDL, quote
 
 pytestmark = pytest.mark.slow

@@ -7,8 +7,15 @@ import time
 import gevent
 import pytest
 
-from conftest import complete, rows, wait_for
-from reliability.conftest import FULL, enable, wait_connected
+from helpers import (
+    FULL,
+    LOCKED_STATUS_TIMEOUT,
+    complete,
+    enable,
+    rows,
+    wait_connected,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -18,8 +25,8 @@ SYMBOLS = [f"O{i:02d}USDT" for i in range(10)]
 def test_a_long_write_lock_keeps_streams_alive_and_loses_nothing(fake, make_store):
     seconds = 30 if FULL else 8
     store = make_store().start()
-    enable(store, fake, SYMBOLS)
-    wait_connected(fake, SYMBOLS)
+    enable(store, *SYMBOLS, fake=fake)
+    wait_connected(fake, *SYMBOLS)
     fake.run_market(SYMBOLS, 200)
     wait_for(lambda: all(rows(store, s) for s in SYMBOLS), 10)
     handshakes = len(fake.handshakes())
@@ -30,7 +37,7 @@ def test_a_long_write_lock_keeps_streams_alive_and_loses_nothing(fake, make_stor
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             start = time.monotonic()
-            code, _ = store.get("/status")
+            code, _ = store.get("/status", timeout=LOCKED_STATUS_TIMEOUT)  # raises if later
             latencies.append(time.monotonic() - start)
             assert code == 200
             gevent.sleep(0.1)
@@ -38,7 +45,7 @@ def test_a_long_write_lock_keeps_streams_alive_and_loses_nothing(fake, make_stor
         other.execute("COMMIT")
         other.close()
     assert len(fake.handshakes()) == handshakes  # no stream dropped or redialled
-    assert max(latencies) < 0.1, max(latencies)
+    assert store.find("write failed, ticks skipped")  # the writes gave up, the hub went on
     print(f"lock {seconds}s: /status max {max(latencies) * 1000:.1f} ms over {len(latencies)}")
     fake.stop_market()
     for symbol in SYMBOLS:
@@ -49,8 +56,8 @@ def test_a_long_write_lock_keeps_streams_alive_and_loses_nothing(fake, make_stor
 def test_the_wal_shrinks_back_after_a_long_reader(fake, make_store, tmp_path):
     seconds = 180 if FULL else 15
     store = make_store().start()
-    enable(store, fake, SYMBOLS)
-    wait_connected(fake, SYMBOLS)
+    enable(store, *SYMBOLS, fake=fake)
+    wait_connected(fake, *SYMBOLS)
     fake.run_market(SYMBOLS, 1000)
     wal = tmp_path / "ticks.db-wal"
     reader = sqlite3.connect(store.db_path, isolation_level=None)
@@ -74,8 +81,8 @@ def test_the_wal_shrinks_back_after_a_long_reader(fake, make_store, tmp_path):
 
 def test_tables_dropped_by_hand_are_created_again(fake, make_store):
     store = make_store().start()
-    enable(store, fake, ["AUSDT"])
-    wait_connected(fake, ["AUSDT"])
+    enable(store, "AUSDT", fake=fake)
+    wait_connected(fake, "AUSDT")
     fake.run_market(["AUSDT"], 100)
     wait_for(lambda: len(rows(store, "AUSDT")) > 5, 10)
     store.sql('DROP TABLE "prices_AUSDT"')

@@ -16,8 +16,7 @@ import time
 import gevent
 import pytest
 
-from conftest import complete, process_usage, wait_for
-from reliability.conftest import enable, wait_connected
+from helpers import complete, enable, process_usage, wait_connected, wait_for
 
 SECONDS = int(os.environ.get("RELIABILITY_SOAK", "0"))
 pytestmark = pytest.mark.skipif(not SECONDS, reason="set RELIABILITY_SOAK=seconds (make soak)")
@@ -28,8 +27,8 @@ def test_soak(fake, make_store, tmp_path):
     store = make_store(
         STREAM_STALE_TIMEOUT="5s", REST_WEIGHT_PER_MINUTE="2400", SETTINGS_POLL_INTERVAL="1s"
     ).start()
-    enable(store, fake, symbols)
-    wait_connected(fake, symbols)
+    enable(store, *symbols, fake=fake)
+    wait_connected(fake, *symbols)
     fake.run_market(symbols, 2000)
     rng = random.Random(20261130)
     samples, faults = [], []
