@@ -73,7 +73,7 @@ bench: install
 reliability: install
 	RELIABILITY_FULL=1 $(PY) -m pytest -p no:cacheprovider -o timeout=3600 -v -s \
 		tests/reliability tests/test_wire.py tests/test_symbols.py tests/test_frames.py \
-		tests/test_rest.py \
+		tests/test_rest.py tests/test_ledger.py \
 		--hypothesis-show-statistics
 
 ## soak: 30 minutes at realistic load with random faults (not in CI)

@@ -14,18 +14,8 @@ import gevent  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
-import helpers  # noqa: E402
 from helpers import FULL, Store, wait_for  # noqa: E402
 from tickd.fakebinance import FakeBinance  # noqa: E402
-
-# Still imported from here by test modules that have not moved to `from helpers import`.
-ROOT, complete, process_usage, rows, wait_complete = (
-    helpers.ROOT,
-    helpers.complete,
-    helpers.process_usage,
-    helpers.rows,
-    helpers.wait_complete,
-)
 
 # make reliability runs the property tests with many more examples.
 settings.register_profile("full", max_examples=20_000, deadline=None)

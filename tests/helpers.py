@@ -5,6 +5,7 @@ Fixtures stay in conftest.py (pytest finds them there); they, and the tests, imp
 The test process is monkey-patched by conftest.py before this module is imported.
 """
 
+import logging
 import os
 import re
 import signal
@@ -185,3 +186,17 @@ def process_usage(pid):
     status = Path(f"/proc/{pid}/status").read_text()
     rss_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
     return rss_kb * 1024, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class Lines(logging.Handler):
+    """The store's log lines (messages only), for a test to read."""
+
+    def __init__(self, level=logging.INFO):
+        super().__init__(level)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    def find(self, text):
+        return next((line for line in self.lines if text in line), None)

@@ -12,10 +12,10 @@ from decimal import Decimal
 
 import pytest
 
-from conftest import ROOT, wait_for
+from helpers import ROOT, wait_for
 from tickd import admin
 from tickd.database import INDEX_DDL, PRICES_DDL, SETTINGS_DDL, quote
-from tickd.status import quoted
+from tickd.text import iso_time, quoted
 
 DAY = "2026-11-30"
 MIDNIGHT = 1_795_996_800_000  # 2026-11-30T00:00:00Z in ms
@@ -88,7 +88,7 @@ def read_csv(text):
     rows = []
     for line in lines:
         trade_id, ms, price, utc = line.split(",")
-        assert utc == admin.iso_time(int(ms))
+        assert utc == iso_time(int(ms))
         rows.append((int(trade_id), int(ms), float(price)))
     return rows
 
@@ -108,11 +108,6 @@ def test_day_start_is_midnight_utc(day, ms):
 def test_a_day_must_be_yyyy_mm_dd(day):
     with pytest.raises(ValueError):
         admin.day_start_ms(day)
-
-
-def test_iso_time_keeps_milliseconds():
-    assert admin.iso_time(MIDNIGHT + 5) == "2026-11-30T00:00:00.005Z"
-    assert admin.iso_time(MIDNIGHT - 1) == "2026-11-29T23:59:59.999Z"
 
 
 @pytest.mark.parametrize(
@@ -194,15 +189,6 @@ def test_anything_else_is_not_exchange_information(body):
 )
 def test_a_symbol_binance_does_not_trade_gets_a_warning(status, warning):
     assert admin.listing_warning("BTCUSD", status) == warning
-
-
-def test_the_day_query_walks_the_timestamp_index_without_sorting(tmp_path):
-    db = make_db(tmp_path / "ticks.db", ticks=TICKS)
-    plan = " ".join(
-        row[-1] for row in query(db, "EXPLAIN QUERY PLAN " + admin.day_query("BTCUSDT"), (0, 1))
-    )
-    assert "USING INDEX idx_prices_BTCUSDT_timestamp" in plan
-    assert "TEMP B-TREE" not in plan
 
 
 # -- commands, in process ----------------------------------------------------------------

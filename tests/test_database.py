@@ -1,12 +1,14 @@
 """The database layer: the spec's DDL, idempotent writes, index use, recreated tables, and
 waiting for another program's lock without blocking the gevent hub."""
 
+import contextlib
+import os
 import sqlite3
 
 import gevent
 import pytest
 
-from tickd.database import Database
+from tickd.database import Database, day_query, transaction
 from tickd.wire import Tick
 
 SPEC_PRICES = (
@@ -78,15 +80,37 @@ def test_hostile_symbol_text_stays_an_identifier(db, other):
 
 def test_first_and_last_tick_come_from_the_index(db):
     db.ensure_table("BTCUSDT")
-    plan = db._conn.execute("EXPLAIN QUERY PLAN " + db._sql("BTCUSDT").first_last).fetchall()
+    plan = db.file.conn.execute("EXPLAIN QUERY PLAN " + db._sql("BTCUSDT").first_last).fetchall()
     details = [row[-1] for row in plan]
     assert sum("USING COVERING INDEX idx_prices_BTCUSDT_timestamp" in d for d in details) == 2
     assert not any(d.startswith("SCAN") and d != "SCAN CONSTANT ROW" for d in details)
     # The one-query form would scan: the reason for two subqueries.
-    naive = db._conn.execute(
+    naive = db.file.conn.execute(
         'EXPLAIN QUERY PLAN SELECT MIN(timestamp), MAX(timestamp) FROM "prices_BTCUSDT"'
     )
     assert any(row[-1].startswith("SCAN") for row in naive)
+
+
+def test_the_day_query_walks_the_timestamp_index_without_sorting(db, other):
+    db.ensure_table("BTCUSDT")
+    assert db.insert_many(
+        "BTCUSDT", [Tick(101, 1000, 1.0), Tick(100, 1000, 2.0), Tick(102, 5, 3.0)]
+    )
+    plan = " ".join(
+        row[-1] for row in other.execute("EXPLAIN QUERY PLAN " + day_query("BTCUSDT"), (0, 1))
+    )
+    assert "USING INDEX idx_prices_BTCUSDT_timestamp" in plan
+    assert "TEMP B-TREE" not in plan
+
+
+def test_a_transaction_commits_its_block_or_rolls_all_of_it_back(other):
+    with transaction(other):
+        other.execute("INSERT INTO symbol_settings (symbol) VALUES ('BTCUSDT')")
+    with pytest.raises(sqlite3.IntegrityError), transaction(other):
+        other.execute("INSERT INTO symbol_settings (symbol) VALUES ('ETHUSDT')")
+        other.execute("INSERT INTO symbol_settings (symbol) VALUES ('BTCUSDT')")
+    assert not other.in_transaction
+    assert other.execute("SELECT symbol FROM symbol_settings").fetchall() == [("BTCUSDT",)]
 
 
 def test_no_table_and_empty_table_have_no_range(db):
@@ -160,7 +184,7 @@ def test_a_write_locked_out_longer_than_the_wait_is_logged_and_skipped(db, other
 def test_checkpoint_runs_in_a_thread_and_empties_the_wal(db):
     db.ensure_table("BTCUSDT")
     db.insert_many("BTCUSDT", [Tick(i, i, 1.0) for i in range(1, 1000)])
-    busy, frames, done = db.checkpoint()
+    busy, frames, done = db.file.checkpoint()
     assert busy == 0 and frames == done and frames > 0
 
 
@@ -172,3 +196,45 @@ def test_a_file_that_is_not_a_database_is_refused_and_left_alone(tmp_path):
     with pytest.raises(sqlite3.DatabaseError):
         database.open()
     assert path.read_bytes() == garbage
+
+
+def stored(db, first, last):
+    db.ensure_table("BTCUSDT")
+    db.insert_many("BTCUSDT", [Tick(i, i, 1.0) for i in range(first, last + 1)])
+
+
+def reopened_file(path):
+    """(integrity_check, MAX(id)) of the file at `path`, read afresh."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        (verdict,) = conn.execute("PRAGMA integrity_check").fetchone()
+        return verdict, conn.execute('SELECT MAX(id) FROM "prices_BTCUSDT"').fetchone()[0]
+
+
+def test_a_replaced_file_is_reopened_with_its_own_content_not_the_old_wal(db, tmp_path):
+    """SQLite leaves the -wal of a file that moved under an open connection where it is: the
+    file put in its place must not be read through it."""
+    stored(db, 1, 5)
+    with (
+        contextlib.closing(sqlite3.connect(db.path)) as live,
+        contextlib.closing(sqlite3.connect(str(tmp_path / "restore.db"))) as copy,
+    ):
+        live.backup(copy)  # ids 1-5
+    stored(db, 6, 10)  # in the WAL
+    os.replace(tmp_path / "restore.db", db.path)
+    assert db.file.moved() == "replaced"
+    assert db.file.reopen(rescue=False) is None
+    assert db.max_id("BTCUSDT") == 5
+    assert db.file.moved() is None
+    db.close()
+    assert reopened_file(db.path) == ("ok", 5)
+
+
+def test_a_deleted_file_is_copied_out_through_the_open_connection(db):
+    stored(db, 1, 10)
+    os.remove(db.path)
+    assert db.file.moved() == "deleted"
+    assert db.file.reopen(rescue=True) == db.path
+    assert [tick.id for tick in db.ticks("BTCUSDT")] == list(range(1, 11))
+    stored(db, 11, 11)
+    db.close()
+    assert reopened_file(db.path) == ("ok", 11)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import wait_for
+from helpers import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +31,19 @@ def trade(fake, n):
     return [fake.trade(SYMBOL)["a"] for _ in range(n)]
 
 
+def reopened_after(change, store, fake, how):
+    """Do `change` to the file, wait for the store to reopen DB_PATH and redial (a trade made
+    before the new connection reaches nobody, and is revealed only by the next one); the
+    seconds from the change to the reopen."""
+    start = time.monotonic()
+    change()
+    wait_for(lambda: store.find("database reopened"), 10, "the reopen")
+    took = time.monotonic() - start
+    assert store.find(f"database file {how} while the store runs")
+    wait_for(lambda: len(fake.handshakes()) == 2 and fake.connections(SYMBOL) == 1, 5, "redial")
+    return took
+
+
 def ids(store):
     return [row[0] for row in store.rows(SYMBOL)]
 
@@ -41,11 +54,8 @@ def every_id(fake):
 
 def test_a_deleted_database_is_rescued_and_recording_goes_on(fake, make_store):
     store = recording(make_store, fake)
-    start = time.monotonic()
-    os.remove(store.db_path)
-    wait_for(lambda: store.find("database reopened"), 10, "the reopen")
-    print(f"deleted: reopened {time.monotonic() - start:.2f} s after the rm")
-    assert store.find("database file deleted while the store runs")
+    took = reopened_after(lambda: os.remove(store.db_path), store, fake, "deleted")
+    print(f"deleted: reopened {took:.2f} s after the rm")
     trade(fake, 5)
     # The five ticks written before the deletion were copied out of the deleted file.
     wait_for(lambda: ids(store) == every_id(fake), 10, "every id in the file at DB_PATH")
@@ -61,16 +71,16 @@ def test_a_replaced_database_is_reopened_and_its_missing_ticks_repaired(fake, ma
         contextlib.closing(sqlite3.connect(restore)) as copy,
     ):
         live.backup(copy)  # the 5 trades so far
-    trade(fake, 5)
+    lacked = trade(fake, 5)
     wait_for(lambda: len(store.rows(SYMBOL)) == 10, 5, "the next trades")
     start = time.monotonic()
-    os.replace(restore, store.db_path)  # a restore from backup, while the store runs
-    wait_for(lambda: store.find("database reopened"), 10, "the reopen")
-    print(f"replaced: reopened {time.monotonic() - start:.2f} s after the mv")
-    assert store.find("database file replaced while the store runs")
+    # A restore from backup, while the store runs.
+    took = reopened_after(lambda: os.replace(restore, store.db_path), store, fake, "replaced")
+    print(f"replaced: reopened {took:.2f} s after the mv")
     trade(fake, 3)
     # The new file lacked 5 ticks the old one had: found by id and fetched over REST.
     wait_for(lambda: ids(store) == every_id(fake), 10, "every id in the new file")
+    assert store.find(f"gap found symbol=BTCUSDT ids={lacked[0]}-{lacked[-1]} count=5 by=stream")
     print(f"replaced: every id in the new file {time.monotonic() - start:.2f} s after the mv")
 
 

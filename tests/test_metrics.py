@@ -8,11 +8,11 @@ import prometheus_client
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import wait_for
+from helpers import wait_for
 from tickd import metrics
-from tickd.database import Latency
+from tickd.ledger import Ranges as Gaps
 from tickd.limits import WeightLimiter
-from tickd.repair import Gaps, Stats
+from tickd.repair import Stats
 
 MINUTE = 1_795_000_020.0  # a UTC minute boundary, seconds since the epoch
 
@@ -22,11 +22,10 @@ def fake_stream(trades=0, connected=True, reconnects=0, last_timestamp=None, que
     for first, last in queued:
         gaps.add(first, last)
     return SimpleNamespace(
-        trades=trades,
+        intake=SimpleNamespace(trades=trades, last_timestamp=last_timestamp),
+        checks=SimpleNamespace(unconfirmed=0),
         connected=connected,
         reconnects=reconnects,
-        unconfirmed=0,
-        last_timestamp=last_timestamp,
         stats=stats,
         repair=SimpleNamespace(gaps=gaps),
     )
@@ -37,7 +36,7 @@ def collector(streams, *, weight=None, attempts=0, db_path="/nonexistent/ticks.d
         streams=lambda: streams,
         weight=weight or WeightLimiter(1200, clock=lambda: MINUTE),
         attempts=SimpleNamespace(total=attempts),
-        db=SimpleNamespace(path=db_path, write_latency=latency or Latency((0.001, 0.01))),
+        db=SimpleNamespace(path=db_path, write_latency=latency or metrics.Latency((0.001, 0.01))),
         uptime=lambda: 90.5,
     )
 
@@ -62,7 +61,7 @@ def test_per_symbol_series_carry_the_streams_counters():
     btc = fake_stream(12, True, 3, 1_795_000_000_123, queued=[(5, 9), (20, 20)])
     btc.stats.gaps_found, btc.stats.gaps_filled, btc.stats.ids_repaired = 4, 2, 40
     btc.stats.ids_unfillable, btc.stats.write_errors = 7, 1
-    btc.unconfirmed = 2
+    btc.checks.unconfirmed = 2
     eth = fake_stream(connected=False)
     samples, types = scrape(collector({"BTCUSDT": btc, "ETHUSDT": eth}))
     assert samples[("tickstore_ticks_received_total", sym("BTCUSDT"))] == 12
@@ -105,7 +104,7 @@ def test_process_wide_series():
 
 
 def test_write_durations_are_a_histogram_with_cumulative_buckets():
-    latency = Latency((0.001, 0.01, 0.1))
+    latency = metrics.Latency((0.001, 0.01, 0.1))
     for seconds in (0.0005, 0.001, 0.002, 0.05, 0.05, 3.0):
         latency.observe(seconds)
     samples, types = scrape(collector({}, latency=latency))

@@ -10,11 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import wait_for
+from helpers import wait_for
 from tickd.database import Database
 from tickd.fakebinance import FakeBinance
+from tickd.ledger import Ranges as Gaps
 from tickd.limits import WeightLimiter
-from tickd.repair import EMPTY_ANSWERS, RETRY_CAP, Gaps, Repair, Stats
+from tickd.repair import EMPTY_ANSWERS, RETRY_CAP, Repair, Stats
 from tickd.rest import PAGE, Rest, RestError
 from tickd.wire import Tick
 

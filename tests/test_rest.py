@@ -21,7 +21,7 @@ from gevent.server import StreamServer
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from conftest import wait_for
+from helpers import Lines, wait_for
 from tickd.database import Database
 from tickd.limits import MAX_BLOCK, WeightLimiter
 from tickd.repair import EMPTY_ANSWERS, Repair, Stats
@@ -392,15 +392,6 @@ class FakeTime:
         gevent.sleep(0)
 
 
-class Lines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
 # Each example runs a server, a database and a worker: 40 in `make test`; the "full"
 # profile of `make reliability` raises it (to 1000 at most: about a minute).
 EXAMPLES = 40 if settings.default.max_examples <= 100 else min(settings.default.max_examples, 1000)
@@ -415,7 +406,7 @@ def test_repair_stores_every_id_whatever_rest_answers(market, script):
     assume(sum(s == 200 and body == ("fixed", EMPTY_PAGE) for s, _, body in script) < EMPTY_ANSWERS)
     exchange = Exchange(history, oldest, script)
     t = FakeTime()
-    lines = Lines()
+    lines = Lines(logging.WARNING)
     logger = logging.getLogger("tickd")
     logger.addHandler(lines)
     with (

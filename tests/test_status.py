@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tickd.database import Database
-from tickd.status import Row, collect, format_uptime, quoted, render, render_stopped, width
+from tickd.status import Row, collect, format_uptime, render, render_stopped
+from tickd.text import width
 from tickd.wire import Tick
 
 DATA = Path(__file__).parent / "data"
@@ -62,28 +63,6 @@ def test_refused_names_are_escaped_and_cannot_add_lines():
     assert page.count("\n") == 7
     assert "Status:     hacked" not in page.splitlines()
     assert page.splitlines()[-1].endswith("off     (invalid symbol, ignored)")
-
-
-def test_width_counts_wide_characters_twice_and_marks_not_at_all():
-    assert width("BTC") == 3
-    assert width("币安") == 4
-    assert width("e\u0301") == 1
-
-
-@pytest.mark.parametrize(
-    ("name", "shown"),
-    [
-        ("BTC/USDT", '"BTC/USDT"'),
-        ('BTC"; DROP TABLE x', '"BTC\\"; DROP TABLE x"'),
-        ('a\\"b', '"a\\\\\\"b"'),
-        ("A\nB\u202e", '"A\\nB\\u202e"'),
-        (" 币安 usdt ", '" 币安 usdt "'),
-        ("x" * 41, '"' + "x" * 40 + '"...'),
-    ],
-    ids=["plain", "quote", "backslash-then-quote", "unprintable", "wide", "long"],
-)
-def test_a_quoted_name_reads_one_way_only(name, shown):
-    assert quoted(name) == shown
 
 
 def test_a_quote_in_a_refused_name_is_escaped_on_the_page():

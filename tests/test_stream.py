@@ -1,37 +1,28 @@
 """One symbol's Stream in this process, against the in-process fake exchange: what it trusts,
 what it finds missing and what it asks REST for, each in a second or two."""
 
+import itertools
 import json
 import logging
+import sqlite3
 import time
 
 import pytest
 from gevent.pool import Group
 
-from conftest import wait_for
+from helpers import Lines, wait_for
+from tickd import ledger
 from tickd import stream as stream_module
 from tickd.database import Database
+from tickd.fakebinance import FakeBinance
 from tickd.limits import AttemptLimiter, WeightLimiter
 from tickd.rest import Rest
 from tickd.stream import Stream
+from tickd.wire import parse_frame
 
 pytestmark = pytest.mark.timeout(30)
 
 SYMBOL = "BTCUSDT"
-
-
-class Lines(logging.Handler):
-    """The store's log lines, as text, for the test to read."""
-
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-    def find(self, text):
-        return next((line for line in self.lines if text in line), None)
 
 
 class Recorder:
@@ -45,11 +36,23 @@ class Recorder:
         self.group = Group()
         self.streams = []
         self.log = Lines()
+        self.offset = 0.0  # seconds added to the streams' wall clock
+        self._logger = logging.getLogger("tickd")
+        self._level = self._logger.level
+        self._logger.addHandler(self.log)
+        self._logger.setLevel(logging.INFO)
 
-    def start(self, symbol=SYMBOL, **options):
-        self.fake.list_symbol(symbol)
+    def start(self, symbol=SYMBOL, *, wait=True, listed=True, **options):
+        if listed:
+            self.fake.list_symbol(symbol)
         self.db.ensure_table(symbol)
-        settings = {"stale_timeout": 60.0, "max_age": 3600.0, "silence_timeout": 3600.0}
+        settings = {
+            "stale_timeout": 60.0,
+            "max_age": 3600.0,
+            "silence_timeout": 3600.0,
+            "backoff": stream_module.Backoff(first=0.05, cap=0.2),  # after a dial that failed
+            "wall": lambda: time.time() + self.offset,
+        }
         stream = Stream(
             symbol,
             base_url=self.fake.ws_url,
@@ -60,7 +63,8 @@ class Recorder:
         )
         self.streams.append(stream)
         self.group.spawn(stream.run)
-        wait_for(lambda: stream.connected, 5, "the stream to connect")
+        if wait:
+            wait_for(lambda: stream.connected, 5, "the stream to connect")
         return stream
 
     def ids(self, symbol=SYMBOL):
@@ -72,21 +76,25 @@ class Recorder:
         self.group.join(timeout=5)
         self.group.kill()
         self.db.close()
+        self._logger.removeHandler(self.log)
+        self._logger.setLevel(self._level)
 
 
 @pytest.fixture
 def recorder(fake, tmp_path):
     recorder = Recorder(fake, str(tmp_path / "ticks.db"))
-    logger = logging.getLogger("tickd")
-    level = logger.level
-    logger.addHandler(recorder.log)
-    logger.setLevel(logging.INFO)
     try:
         yield recorder
     finally:
         recorder.close()
-        logger.removeHandler(recorder.log)
-        logger.setLevel(level)
+
+
+def recording(recorder, **options):
+    """A started stream with its first five trades stored; their ids."""
+    stream = recorder.start(**options)
+    ids = trade(recorder.fake, 5)
+    wait_for(lambda: recorder.ids() == ids, 5, "the first trades")
+    return stream, ids
 
 
 def trade(fake, n, symbol=SYMBOL):
@@ -120,22 +128,20 @@ def frame(trade_id, symbol=SYMBOL):
 
 
 def test_an_absurd_id_is_neither_stored_nor_trusted(fake, recorder):
-    stream = recorder.start()
-    ids = trade(fake, 5)
-    wait_for(lambda: recorder.ids() == ids, 5, "the first trades")
+    stream, ids = recording(recorder)
     fake.send_raw(SYMBOL, frame(ids[-1] + 10**12))
     wait_for(lambda: recorder.log.find("implausible trade id skipped"), 5, "the rejection")
     ids += trade(fake, 5)
     wait_for(lambda: recorder.ids() == ids, 5, "the later trades, all of them")
-    assert stream.last == ids[-1]
+    assert stream.ledger.last == ids[-1]
     assert recorder.db.max_id(SYMBOL) == ids[-1]
     assert not stream.repair.gaps
 
 
 def test_a_real_jump_is_confirmed_over_rest_and_its_gap_repaired(fake, recorder, monkeypatch):
-    monkeypatch.setattr(stream_module, "MAX_JUMP", 100)
+    monkeypatch.setattr(ledger, "MAX_JUMP", 100)
     first = fake.trade(SYMBOL)
-    recorder.db.insert(SYMBOL, stream_module.parse_frame(json.dumps(first).encode(), SYMBOL))
+    recorder.db.insert(SYMBOL, parse_frame(json.dumps(first).encode(), SYMBOL))
     trade(fake, 300)  # while the store was down
     recorder.start()
     trade(fake, 5)
@@ -149,9 +155,7 @@ def test_a_real_jump_is_confirmed_over_rest_and_its_gap_repaired(fake, recorder,
 def test_a_hole_across_the_rotation_is_queued_when_the_old_connection_closes(fake, recorder):
     """The old connection stalls before the 24-hour rotation: the trades it never delivered
     are not delivered by the new one either, whose first trade came while both were open."""
-    stream = recorder.start(max_age=1.0)
-    ids = trade(fake, 5)
-    wait_for(lambda: recorder.ids() == ids, 5, "the first trades")
+    stream, ids = recording(recorder, max_age=0.5)
     fake.stall(SYMBOL)  # the old connection: open, silent
     trade(fake, 50)  # never sent to it
     wait_for(lambda: fake.connections(SYMBOL) == 2, 5, "the replacement connection")
@@ -164,13 +168,13 @@ def test_a_hole_across_the_rotation_is_queued_when_the_old_connection_closes(fak
 
 def test_a_stream_resumed_after_a_pause_does_not_fetch_the_paused_period(fake, recorder):
     first = fake.trade(SYMBOL)
-    recorder.db.insert(SYMBOL, stream_module.parse_frame(json.dumps(first).encode(), SYMBOL))
+    recorder.db.insert(SYMBOL, parse_frame(json.dumps(first).encode(), SYMBOL))
     trade(fake, 20)  # while paused
     stream = recorder.start(after_pause=True)
     later = trade(fake, 5)
     wait_for(lambda: recorder.ids() == [first["a"], *later], 5, "the resumed trades")
     calls = len(fake.rest_calls())
-    wait_for(lambda: stream.trades == 5, 5, "the trades to be counted")
+    wait_for(lambda: stream.intake.trades == 5, 5, "the trades to be counted")
     assert not stream.repair.gaps
     assert len(fake.rest_calls()) == calls == 0
     assert not recorder.log.find("gap found")
@@ -204,3 +208,206 @@ def test_a_reader_that_fails_is_logged_on_one_line_and_its_trade_repaired(fake, 
     wait_for(lambda: stream.connected, 5, "the redial")
     ids += trade(fake, 3)
     wait_for(lambda: recorder.ids() == made_since(fake, ids[0]), 10, "every id, the failed one too")
+
+
+# -- connections: drops, closes, stalls, refusals, rotation -------------------------------
+
+
+def test_a_dropped_connection_is_redialled_at_once_and_what_it_missed_repaired(fake, recorder):
+    stream, ids = recording(recorder)
+    fake.drop(SYMBOL)
+    missed = trade(fake, 300)  # made at once: none reaches the dropped connection
+    wait_for(lambda: len(fake.handshakes()) == 2 and stream.connected, 5, "the redial")
+    trade(fake, 5)
+    wait_for(lambda: recorder.ids() == made_since(fake, ids[0]), 5, "every id")
+    assert recorder.log.find("stream disconnected symbol=BTCUSDT code=1006")
+    assert recorder.log.find("stream reconnecting symbol=BTCUSDT delay=0s")
+    gap = f"ids={missed[0]}-{missed[-1]} count=300 by=stream"
+    assert [line for line in recorder.log.lines if "gap found" in line] == [
+        f"gap found symbol=BTCUSDT {gap}"
+    ]
+    wait_for(lambda: recorder.log.find("gap filled symbol=BTCUSDT ids=300 "), 5, "the report")
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1008])
+def test_a_close_frame_is_logged_with_its_code_and_the_stream_redials(fake, recorder, code):
+    recorder.start()
+    fake.close(SYMBOL, code, "Too many requests")
+    wait_for(lambda: recorder.log.find(f"code={code}"), 5, "the close")
+    wait_for(lambda: len(fake.handshakes()) == 2, 5, "the redial")
+
+
+def test_refused_handshakes_back_off_doubling(fake, recorder):
+    fake.refuse_handshakes(3)
+    recorder.start(backoff=stream_module.Backoff(first=0.05, cap=0.1), wait=False)
+    wait_for(lambda: fake.connections(SYMBOL) == 1, 5, "the fourth attempt")
+    times = [t for t, _ in fake.handshakes()]
+    assert len(times) == 4
+    waits = [b - a for a, b in itertools.pairwise(times)]
+    assert all(w >= d for w, d in zip(waits, (0.05, 0.1, 0.1), strict=True)), waits
+    delays = [line.split("delay=")[1] for line in recorder.log.lines if "reconnecting" in line]
+    assert delays == ["0.05s", "0.1s", "0.1s"]
+
+
+def test_a_stalled_socket_is_cut_after_the_stale_timeout_and_its_trades_repaired(fake, recorder):
+    _, ids = recording(recorder, stale_timeout=0.3)
+    fake.stall(SYMBOL)
+    trade(fake, 1500)
+    wait_for(lambda: len(fake.handshakes()) == 2, 5, "a new connection")
+    assert recorder.log.find("nothing received for 0.3s")
+    trade(fake, 5)
+    wait_for(lambda: recorder.ids() == made_since(fake, ids[0]), 5, "every id")
+    assert recorder.log.find("count=1500 by=stream")
+
+
+def test_a_silent_connection_is_found_by_the_silence_check(fake, recorder):
+    # The stale timeout is long (pings keep the socket fresh): only REST can tell.
+    _, ids = recording(recorder, silence_timeout=0.3)
+    fake.stall(SYMBOL)
+    trade(fake, 20)
+    recorder.offset = 5.0  # the trades are old enough to have arrived, had the socket lived
+    wait_for(lambda: len(fake.handshakes()) == 2, 5, "the silence check to reconnect")
+    wait_for(lambda: recorder.ids() == made_since(fake, ids[0]), 5, "every id")
+    assert recorder.log.find("stream silent while Binance trades, reconnecting")
+
+
+def test_a_restart_gap_on_a_quiet_market_is_found_without_a_new_trade(fake, recorder):
+    first = fake.trade(SYMBOL)
+    recorder.db.insert(SYMBOL, parse_frame(json.dumps(first).encode(), SYMBOL))
+    trade(fake, 30)  # the last trades of the day, while the store was down
+    recorder.start(silence_timeout=0.2)
+    wait_for(lambda: recorder.ids() == made_since(fake, first["a"]), 5, "every id")
+    assert recorder.log.find("by='silence check'")
+
+
+def test_the_rotation_opens_the_new_connection_first_and_leaves_no_gap(fake, recorder):
+    recorder.start(max_age=0.3)
+    ids = trade(fake, 1)
+    fake.run_market([SYMBOL], 200)
+    wait_for(lambda: len(fake.handshakes()) >= 4, 5, "three rotations")
+    fake.stop_market()
+    trade(fake, 1)
+    wait_for(lambda: recorder.ids() == made_since(fake, ids[0]), 5, "every id")
+    assert recorder.log.find("stream rotating symbol=BTCUSDT")
+    assert not recorder.log.find("gap found")
+    assert not recorder.log.find("stream reconnecting")
+
+
+def test_pings_are_answered(tmp_path):
+    with FakeBinance(ping_interval=0.1) as fake:
+        recorder = Recorder(fake, str(tmp_path / "ticks.db"))
+        try:
+            recorder.start()
+            wait_for(lambda: fake.pongs(SYMBOL) >= 2, 5, "two pongs")
+        finally:
+            recorder.close()
+
+
+# -- frames ------------------------------------------------------------------------------
+
+
+def test_bad_frames_are_skipped_and_the_connection_kept(fake, recorder):
+    recorder.start()
+    for garbage in [
+        "{nope",
+        '{"e":"aggTrade","s":"ETHUSDT","a":1,"T":1,"p":"1"}',
+        '{"result":null,"id":1}',
+        b"\xff\xfe",
+        '{"e":"aggTrade","s":"BTCUSDT","a":5,"T":1,"p":"NaN"}',
+    ]:
+        fake.send_raw(SYMBOL, garbage)
+    ids = trade(fake, 1)
+    wait_for(lambda: recorder.ids() == ids, 5, "the real trade")
+    assert len(fake.handshakes()) == 1
+    assert recorder.log.find("frame skipped symbol=BTCUSDT error='not JSON'")
+    assert recorder.log.find("trade of another symbol")
+
+
+def test_an_oversized_frame_closes_the_connection(fake, recorder):
+    recorder.start()
+    fake.send_raw(SYMBOL, "x" * (2 << 20))
+    wait_for(lambda: len(fake.handshakes()) == 2, 5, "a new connection")
+    assert recorder.log.find("frame of 2097152 bytes")
+    ids = trade(fake, 1)
+    wait_for(lambda: recorder.ids() == ids, 5, "the next trade")
+
+
+# -- repair: locks, the REST window, 429, audits, unlisted symbols ------------------------
+
+
+def test_writes_locked_out_by_another_program_are_repaired(fake, recorder):
+    recorder.db.file.lock_wait = 0.1
+    recorder.start()
+    ids = trade(fake, 1)
+    wait_for(lambda: recorder.ids() == ids, 5, "the first trade")
+    other = sqlite3.connect(recorder.db.path, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        trade(fake, 20)
+        wait_for(lambda: recorder.log.find("write failed, ticks skipped"), 5, "a skipped write")
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    trade(fake, 1)
+    wait_for(lambda: recorder.ids() == made_since(fake, ids[0]), 10, "every id")
+    assert "SQLITE_BUSY" in recorder.log.find("write failed")
+
+
+def test_ids_older_than_the_rest_window_are_reported_and_the_rest_repaired(tmp_path):
+    with FakeBinance(retention=1000, ping_interval=1.0) as fake:
+        recorder = Recorder(fake, str(tmp_path / "ticks.db"))
+        try:
+            recorder.start(stale_timeout=0.3)
+            first = trade(fake, 5)
+            wait_for(lambda: recorder.ids() == first, 5, "the first trades")
+            fake.stall(SYMBOL)
+            lost_and_kept = trade(fake, 2500)  # more than the window holds
+            wait_for(lambda: len(fake.handshakes()) == 2, 5, "a new connection")
+            last = trade(fake, 1)
+            kept = lost_and_kept[-999:]
+            lost = lost_and_kept[:-999]
+            wait_for(lambda: recorder.ids() == first + kept + last, 10, "the ids still served")
+            wait_for(lambda: recorder.log.find("unfillable gap"), 5, "the report")
+            line = recorder.log.find("unfillable gap")
+            assert f"ids={lost[0]}-{lost[-1]} count={len(lost)}" in line
+            assert "older than Binance's REST window" in line
+        finally:
+            recorder.close()
+
+
+def test_rest_calls_wait_out_a_429(fake, recorder):
+    fake.rest_fault(429, 1, retry_after=1)
+    recorder.start(stale_timeout=0.3)
+    ids = trade(fake, 1)
+    wait_for(lambda: recorder.ids() == ids, 5, "the first trade")
+    fake.stall(SYMBOL)
+    trade(fake, 10)
+    wait_for(lambda: len(fake.handshakes()) == 2, 5, "a new connection")
+    trade(fake, 1)
+    wait_for(lambda: recorder.ids() == made_since(fake, ids[0]), 5, "every id")
+    first, second = (t for t, _ in fake.rest_calls()[:2])
+    assert second - first >= 1.0
+
+
+def test_holes_left_by_an_interrupted_repair_are_found_by_the_audit_at_start(fake, recorder):
+    made = [fake.trade(SYMBOL) for _ in range(100)]
+    holes = set(range(40, 60)) | {80}
+    recorder.db.ensure_table(SYMBOL)
+    recorder.db.insert_many(
+        SYMBOL,
+        [parse_frame(json.dumps(t).encode(), SYMBOL) for i, t in enumerate(made) if i not in holes],
+    )
+    recorder.start()  # no new trade: only the audit can find these
+    wait_for(lambda: recorder.ids() == [t["a"] for t in made], 5, "every id")
+    ids = [t["a"] for t in made]
+    assert recorder.log.find(f"ids={ids[40]}-{ids[59]} count=20 by=audit")
+    assert recorder.log.find(f"ids={ids[80]}-{ids[80]} count=1 by=audit")
+
+
+def test_an_unlisted_symbol_is_reported_once_and_kept(fake, recorder):
+    recorder.start("NOPEUSDT", silence_timeout=0.1, listed=False)
+    wait_for(lambda: recorder.log.find("symbol not listed"), 5, "the report")
+    wait_for(lambda: len(fake.rest_calls()) >= 3, 5, "more checks")
+    reports = [line for line in recorder.log.lines if "symbol not listed" in line]
+    assert reports == ["symbol not listed on Binance USD-M futures symbol=NOPEUSDT"]
+    assert fake.connections("NOPEUSDT") == 1  # no validation: it keeps listening

@@ -14,14 +14,13 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TextIO
+from typing import NamedTuple, TextIO
 from urllib.error import HTTPError, URLError
 from urllib.request import pathname2url, urlopen
 
-from . import config, symbols
-from .database import SETTINGS_DDL, quote
+from . import config, database, symbols
 from .settings import read_rows
-from .status import NAME_WIDTH, STATE_WIDTH, quoted, width
+from .text import iso_time, name_column, quoted, symbol_line
 
 BUSY_TIMEOUT = 5.0  # seconds a statement waits for the store's write lock
 DAY_MS = 86_400_000
@@ -31,6 +30,15 @@ RESUMED = "from the next streamed trade; the paused time is not fetched"
 EXCHANGE_INFO = "/fapi/v1/exchangeInfo"
 LISTING_TIMEOUT = 5.0  # seconds the listing check waits (see listing)
 LISTING_LIMIT = 8 << 20  # bytes of exchange information read at most (about 1 MiB in 2026)
+
+
+class Run(NamedTuple):
+    """What every command is given besides its arguments."""
+
+    conn: sqlite3.Connection  # the store's database, opened read-write
+    cfg: config.Config
+    out: TextIO
+    err: TextIO
 
 
 class Failure(Exception):
@@ -59,7 +67,7 @@ def main(
     try:
         cfg = config.load(environ)
         with contextlib.closing(connect(cfg.db_path)) as conn:
-            args.run(conn, args, cfg, stdout, stderr)
+            args.run(Run(conn, cfg, stdout, stderr), args)
     except config.ConfigError as exc:
         print(exc, file=stderr)
         return 2
@@ -124,24 +132,16 @@ def connect(path: str) -> sqlite3.Connection:
 # -- symbol_settings ---------------------------------------------------------------------
 
 
-def list_symbols(
-    conn: sqlite3.Connection,
-    args: argparse.Namespace,
-    cfg: config.Config,
-    out: TextIO,
-    err: TextIO,
-) -> None:
-    rows = _settings(conn)
+def list_symbols(run: Run, args: argparse.Namespace) -> None:
+    rows = _settings(run.conn)
     if not rows:
-        print("no symbols", file=out)
+        print("no symbols", file=run.out)
         return
     lines = [describe(raw, enabled) for raw, enabled in rows]
-    column = max([NAME_WIDTH, *(width(name) + 2 for name, _, _ in lines)])
-    print(f"SYMBOL{' ' * (column - 6)}STATE", file=out)
+    column = name_column(name for name, _, _ in lines)
+    print(symbol_line("SYMBOL", "STATE", "", column), file=run.out)
     for name, state, note in lines:
-        print(
-            f"{name}{' ' * (column - width(name))}{state:<{STATE_WIDTH}}{note}".rstrip(), file=out
-        )
+        print(symbol_line(name, state, note, column), file=run.out)
 
 
 def describe(raw: object, enabled: object) -> tuple[str, str, str]:
@@ -156,84 +156,59 @@ def describe(raw: object, enabled: object) -> tuple[str, str, str]:
     return quoted(raw), state, f"(recorded as {symbol})"
 
 
-def add(
-    conn: sqlite3.Connection,
-    args: argparse.Namespace,
-    cfg: config.Config,
-    out: TextIO,
-    err: TextIO,
-) -> None:
+def add(run: Run, args: argparse.Namespace) -> None:
     symbol = _symbol(args.symbol)
-    with _transaction(conn):
-        conn.execute(SETTINGS_DDL)
-        found = conn.execute("SELECT 1 FROM symbol_settings WHERE symbol = ?", (symbol,))
-        listed = found.fetchone() is not None
-        conn.execute(
-            "INSERT INTO symbol_settings (symbol, enabled) VALUES (?, 1) "
-            "ON CONFLICT(symbol) DO UPDATE SET enabled = 1",
-            (symbol,),
-        )
+    with database.transaction(run.conn):
+        listed = database.add_symbol(run.conn, symbol)
     done = "was listed, now enabled" if listed else "added, enabled"
-    print(f"{symbol} {done}; {AT_NEXT_POLL}", file=out)
-    url = cfg.rest_url + EXCHANGE_INFO
+    print(f"{symbol} {done}; {AT_NEXT_POLL}", file=run.out)
+    url = run.cfg.rest_url + EXCHANGE_INFO
     try:
         status = listing(url).get(symbol)
     except (OSError, ValueError, http.client.HTTPException) as exc:
-        print(f"could not check whether Binance lists {symbol}: {url}: {_reason(exc)}", file=err)
+        print(
+            f"could not check whether Binance lists {symbol}: {url}: {_reason(exc)}", file=run.err
+        )
         return
     warning = listing_warning(symbol, status)
     if warning:
-        print(warning, file=err)
+        print(warning, file=run.err)
 
 
-def set_enabled(
-    conn: sqlite3.Connection,
-    args: argparse.Namespace,
-    cfg: config.Config,
-    out: TextIO,
-    err: TextIO,
-) -> None:
+def set_enabled(run: Run, args: argparse.Namespace) -> None:
     symbol, on = _symbol(args.symbol), args.command == "enable"
-    with _transaction(conn):
-        rows = [(int(on), name) for name in _listed(conn, symbol)]
-        conn.executemany("UPDATE symbol_settings SET enabled = ? WHERE symbol = ?", rows)
+    with database.transaction(run.conn):
+        database.set_enabled(run.conn, _listed(run.conn, symbol), on)
     done = f"enabled ({RESUMED})" if on else f"disabled ({PAUSED})"
-    print(f"{symbol} {done}; {AT_NEXT_POLL}", file=out)
+    print(f"{symbol} {done}; {AT_NEXT_POLL}", file=run.out)
 
 
-def remove(
-    conn: sqlite3.Connection,
-    args: argparse.Namespace,
-    cfg: config.Config,
-    out: TextIO,
-    err: TextIO,
-) -> None:
+def remove(run: Run, args: argparse.Namespace) -> None:
     try:
         symbol = symbols.normalise(args.symbol)
     except symbols.InvalidSymbol as exc:
         # A name the store refuses may still be in the table, inserted with SQL: the row
         # whose text is exactly the argument goes (matched with ?, never pasted).
-        with _transaction(conn):
-            if args.symbol not in [raw for raw, _ in _settings(conn)]:
+        with database.transaction(run.conn):
+            if args.symbol not in [raw for raw, _ in _settings(run.conn)]:
                 raise Failure(
                     f"invalid symbol {args.symbol!r}: {exc}; "
                     "and no symbol_settings row has exactly this text",
                     2,
                 ) from None
-            conn.execute("DELETE FROM symbol_settings WHERE symbol = ?", (args.symbol,))
+            database.remove_symbols(run.conn, [args.symbol])
         print(
             f"{quoted(args.symbol)} removed from symbol_settings "
             "(an invalid name: the store never recorded it)",
-            file=out,
+            file=run.out,
         )
         return
-    with _transaction(conn):
-        names = [(name,) for name in _listed(conn, symbol)]
-        conn.executemany("DELETE FROM symbol_settings WHERE symbol = ?", names)
+    with database.transaction(run.conn):
+        database.remove_symbols(run.conn, _listed(run.conn, symbol))
     print(
         f"{symbol} removed from symbol_settings; {AT_NEXT_POLL}. "
         f"Its table prices_{symbol} and its ticks stay.",
-        file=out,
+        file=run.out,
     )
 
 
@@ -245,9 +220,9 @@ def _symbol(raw: str) -> str:
 
 
 def _settings(conn: sqlite3.Connection) -> list[tuple[object, object]]:
-    if not _has_table(conn, "symbol_settings"):
+    if not database.has_table(conn, "symbol_settings"):
         return []
-    return conn.execute("SELECT symbol, enabled FROM symbol_settings ORDER BY rowid").fetchall()
+    return database.read_settings(conn)
 
 
 def _listed(conn: sqlite3.Connection, symbol: str) -> list[object]:
@@ -261,22 +236,6 @@ def _listed(conn: sqlite3.Connection, symbol: str) -> list[object]:
     if not names:
         raise Failure(f"{symbol} is not in symbol_settings")
     return names
-
-
-def _has_table(conn: sqlite3.Connection, name: str) -> bool:
-    found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
-    return found.fetchone() is not None
-
-
-@contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 # -- Binance's listing -------------------------------------------------------------------
@@ -345,68 +304,41 @@ def _reason(exc: Exception) -> str:
 # -- backup ------------------------------------------------------------------------------
 
 
-def backup(
-    conn: sqlite3.Connection,
-    args: argparse.Namespace,
-    cfg: config.Config,
-    out: TextIO,
-    err: TextIO,
-) -> None:
+def backup(run: Run, args: argparse.Namespace) -> None:
     target = args.out or os.path.join(
-        os.path.dirname(os.path.abspath(cfg.db_path)),
+        os.path.dirname(os.path.abspath(run.cfg.db_path)),
         time.strftime("backup-%Y%m%d-%H%M%S.db", time.gmtime()),
     )
     with _new_file(target, "wb"):
         pass
     try:
-        with contextlib.closing(sqlite3.connect(target, isolation_level=None)) as copy:
-            # In one step: the copy is one read snapshot, which in WAL mode never blocks the
-            # store's writes. Copied in steps, it would start over after every commit the
-            # store makes meanwhile, and never end while ticks arrive.
-            conn.backup(copy)
-            copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
-            verdict = [row[0] for row in copy.execute("PRAGMA integrity_check")]
+        verdict = database.backup(run.conn, target)
     except BaseException:
         os.remove(target)
         raise
     if verdict != ["ok"]:
         raise Failure(f"integrity check of the copy {target} failed (file kept): {verdict[0]}")
-    print(f"backup {target} ({os.path.getsize(target)} bytes), integrity ok", file=out)
+    print(f"backup {target} ({os.path.getsize(target)} bytes), integrity ok", file=run.out)
 
 
 # -- export ------------------------------------------------------------------------------
 
 
-def export(
-    conn: sqlite3.Connection,
-    args: argparse.Namespace,
-    cfg: config.Config,
-    out: TextIO,
-    err: TextIO,
-) -> None:
+def export(run: Run, args: argparse.Namespace) -> None:
     symbol = _symbol(args.symbol)
     try:
         start = day_start_ms(args.day)
     except ValueError:
         raise Failure(f"invalid DAY {args.day!r}: use YYYY-MM-DD (a UTC day)", 2) from None
-    if not _has_table(conn, "prices_" + symbol):
+    if not database.has_table(run.conn, "prices_" + symbol):
         raise Failure(f"no table prices_{symbol}: {symbol} has never been recorded")
-    rows = conn.execute(day_query(symbol), (start, start + DAY_MS))
+    rows = run.conn.execute(database.day_query(symbol), (start, start + DAY_MS))
     if args.out is None:
-        write_csv(rows, out)
+        write_csv(rows, run.out)
         return
     with _new_file(args.out, "w", newline="", encoding="utf-8") as file:
         count = write_csv(rows, file)
-    print(f"{count} ticks of {symbol} on {args.day} (UTC) written to {args.out}", file=out)
-
-
-def day_query(symbol: str) -> str:
-    """The ticks of one time range, by time, along the timestamp index (which ends in the
-    id, so the ORDER BY needs no sort)."""
-    return (
-        f"SELECT id, timestamp, price FROM {quote('prices_' + symbol)} "
-        "WHERE timestamp >= ? AND timestamp < ? ORDER BY timestamp, id"
-    )
+    print(f"{count} ticks of {symbol} on {args.day} (UTC) written to {args.out}", file=run.out)
 
 
 def day_start_ms(day: str) -> int:
@@ -428,11 +360,6 @@ def write_csv(rows: Iterable[tuple[int, int, float]], out: TextIO) -> int:
         writer.writerow((trade_id, ms, repr(price), iso_time(ms)))
         count += 1
     return count
-
-
-def iso_time(ms: int) -> str:
-    """`2026-11-30T04:56:16.123Z` for a time in ms since the epoch."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
 
 
 @contextlib.contextmanager

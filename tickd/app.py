@@ -184,11 +184,11 @@ class App:
         """Every second: make sure DB_PATH is still the file we write to, and checkpoint."""
         while not self._stopping.wait(CHECKPOINT_INTERVAL):
             try:
-                self._lost = self._lost or self.db.moved()
+                self._lost = self._lost or self.db.file.moved()
                 if self._lost:
                     self._reopen(self._lost)
                 else:
-                    self.db.checkpoint()
+                    self.db.file.checkpoint()
             except Exception as exc:  # noqa: BLE001 (sqlite3.Error, OSError or a bug: next second)
                 held = self._checkpoint_errors.allow(type(exc))
                 if held is not None:
@@ -204,7 +204,7 @@ class App:
             self._watching.kill()
         self.watcher.stop()
         try:
-            copy = self.db.reopen(rescue=how == "deleted")
+            copy = self.db.file.reopen(rescue=how == "deleted")
         except (sqlite3.Error, OSError) as exc:
             log.error("cannot reopen database, retrying %s", kv(path=self.db.path, error=exc))
             return

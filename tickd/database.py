@@ -1,4 +1,9 @@
-"""All SQL: the one SQLite connection, the schema, tick writes and the reads of the status page.
+"""All SQL: the store's one SQLite connection (`Database`), the schema, tick writes, the
+reads of the status page, and the statements `tickd.admin` runs on a plain connection.
+
+The module-level functions take any connection opened with `isolation_level=None`; they
+wait in SQLite as long as that connection's busy timeout says (admin's waits, the store's
+is 0), and `Database` calls them only inside its cooperative retry.
 
 gevent runs every greenlet on one thread, so a C call that waits freezes them all. The
 connection therefore never waits inside SQLite: its busy timeout is 0, a statement that
@@ -8,18 +13,18 @@ WAL checkpoints, which fsync, run on a second connection in gevent's thread pool
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import gevent
 from gevent.lock import Semaphore
 
 from .logs import Throttle, kv
+from .metrics import WRITE_BUCKETS, Latency, file_size
 from .wire import Tick
 
 log = logging.getLogger(__name__)
@@ -46,14 +51,6 @@ _BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 WAL_LIMIT = 64 << 20  # bytes the WAL file is cut back to after a checkpoint
 
 
-def file_size(path: str) -> int:
-    """Bytes in the file at `path`; 0 if it is missing (no WAL after a clean stop)."""
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
-
-
 def _identity(path: str) -> tuple[int, int]:
     info = os.stat(path)
     return info.st_dev, info.st_ino
@@ -69,25 +66,80 @@ def is_busy(exc: sqlite3.Error) -> bool:
     return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _BUSY_CODES
 
 
-class Latency:
-    """Counts of durations per bucket (seconds, upper bounds), for a Prometheus histogram.
-    Observing is a bisection and two additions: cheap enough for every write."""
-
-    __slots__ = ("bounds", "count", "counts", "sum")
-
-    def __init__(self, bounds: Sequence[float]):
-        self.bounds = tuple(bounds)
-        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
-        self.sum += seconds
-        self.count += 1
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction around the block: BEGIN IMMEDIATE (raises at once, before the
+    block, if the write lock cannot be had), COMMIT after it, ROLLBACK if anything raises,
+    COMMIT included; a transaction SQLite has already rolled back is left as it is."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
-WRITE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1, 5)
+def has_table(conn: sqlite3.Connection, name: str) -> bool:
+    """True if the file has a table called exactly `name`."""
+    found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+    return found.fetchone() is not None
+
+
+def read_settings(conn: sqlite3.Connection) -> list[tuple[object, object]]:
+    """Rows of symbol_settings as (symbol, enabled), in insertion order, raw as stored.
+    Raises sqlite3.OperationalError if there is no such table."""
+    return conn.execute("SELECT symbol, enabled FROM symbol_settings ORDER BY rowid").fetchall()
+
+
+def add_symbol(conn: sqlite3.Connection, symbol: str) -> bool:
+    """Add `symbol` to symbol_settings, enabled, or enable the row that has it (creating the
+    table if missing); True if it was listed already. Run it inside `transaction`."""
+    conn.execute(SETTINGS_DDL)
+    found = conn.execute("SELECT 1 FROM symbol_settings WHERE symbol = ?", (symbol,))
+    listed = found.fetchone() is not None
+    conn.execute(
+        "INSERT INTO symbol_settings (symbol, enabled) VALUES (?, 1) "
+        "ON CONFLICT(symbol) DO UPDATE SET enabled = 1",
+        (symbol,),
+    )
+    return listed
+
+
+def set_enabled(conn: sqlite3.Connection, names: Iterable[object], on: bool) -> None:
+    """Set `enabled` of the symbol_settings rows whose text is exactly one of `names`."""
+    conn.executemany(
+        "UPDATE symbol_settings SET enabled = ? WHERE symbol = ?",
+        [(int(on), name) for name in names],
+    )
+
+
+def remove_symbols(conn: sqlite3.Connection, names: Iterable[object]) -> None:
+    """Delete the symbol_settings rows whose text is exactly one of `names` (matched with ?,
+    never pasted into the SQL)."""
+    conn.executemany("DELETE FROM symbol_settings WHERE symbol = ?", [(name,) for name in names])
+
+
+def day_query(symbol: str) -> str:
+    """The ticks of one time range, by time, along the timestamp index (which ends in the
+    id, so the ORDER BY needs no sort). Parameters: start and end in ms, end excluded."""
+    return (
+        f"SELECT id, timestamp, price FROM {quote('prices_' + symbol)} "
+        "WHERE timestamp >= ? AND timestamp < ? ORDER BY timestamp, id"
+    )
+
+
+def backup(conn: sqlite3.Connection, path: str) -> list[str]:
+    """Copy the database of `conn` into the (new, empty) file at `path`, as one
+    self-contained file; returns SQLite's integrity check of the copy, `["ok"]` if sound."""
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as copy:
+        # In one step: the copy is one read snapshot, which in WAL mode never blocks the
+        # store's writes. Copied in steps, it would start over after every commit the
+        # store makes meanwhile, and never end while ticks arrive.
+        conn.backup(copy)
+        copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+        return [row[0] for row in copy.execute("PRAGMA integrity_check")]
 
 
 class _Tables:
@@ -122,33 +174,28 @@ class _Tables:
         self.ids_from = f"SELECT id FROM {table} WHERE id > ? ORDER BY id LIMIT ?"
 
 
-class Database:
-    """The store's SQLite file, used from greenlets through one connection behind a Semaphore.
+class Handle:
+    """The store's SQLite file through one connection, shared by greenlets behind a
+    Semaphore: opening it in WAL mode, the cooperative lock wait (`run`), checkpoints in the
+    thread pool, and noticing the file replaced or deleted under us (`moved`, `reopen`)."""
 
-    Methods take only normalised symbols (symbols.normalise). Reads raise sqlite3.Error;
-    writes log and return False instead (the spec's "log and skip").
-    """
-
-    def __init__(
-        self,
-        path: str,
-        *,
-        lock_wait: float = 5.0,
-        sleep: Callable[[float], object] = gevent.sleep,
-        clock: Callable[[], float] = time.monotonic,
-    ):
+    def __init__(self, path: str, lock_wait: float, sleep: Callable, clock: Callable[[], float]):
         self.path = path
         self.lock_wait = lock_wait
         self._sleep = sleep
         self._clock = clock
         self._semaphore = Semaphore()
-        self._audit_turn = Semaphore()
-        self._tables: dict[str, _Tables] = {}
-        self._throttle = Throttle(60.0, clock)
         self._conn: sqlite3.Connection | None = None
         self._checkpointer: sqlite3.Connection | None = None
         self._identity: tuple[int, int] | None = None  # (device, inode) of the file opened
-        self.write_latency = Latency(WRITE_BUCKETS)  # each write, lock waits included
+        self._sidecars: dict[str, tuple[int, int]] = {}  # the same of its -wal and -shm
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The connection, for an operation given to `run` (which holds the Semaphore)."""
+        if self._conn is None:
+            raise sqlite3.ProgrammingError("database is closed")
+        return self._conn
 
     # -- opening and closing -------------------------------------------------------------
 
@@ -167,8 +214,13 @@ class Database:
         )
         self._conn = conn
         try:
-            self._retry(self._setup, conn)
+            self.run(self._setup, conn)
             self._identity = _identity(self.path)
+            self._sidecars = {
+                name: _identity(name)
+                for name in (self.path + "-wal", self.path + "-shm")
+                if os.path.exists(name)
+            }
             # Checkpoints copy the WAL into the database and fsync: never on the hub.
             self._checkpointer = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False
@@ -237,12 +289,17 @@ class Database:
                     with contextlib.suppress(OSError):
                         os.remove(copy)
                     raise
-            # Closing the last connection checkpoints into the old file and removes the
-            # -wal and -shm beside DB_PATH, which belong to it, not to what is there now.
             olds, self._conn, self._checkpointer = (self._checkpointer, conn), None, None
             for old in olds:
                 if old is not None:
                     old.close()
+            # SQLite leaves the WAL of a file that has moved where it is: the -wal and -shm
+            # beside DB_PATH are still the old file's, and opened with the new one they would
+            # lay the old pages over it. Ours go (a deleted file's content is in the copy).
+            for name, identity in self._sidecars.items():
+                with contextlib.suppress(FileNotFoundError):
+                    if _identity(name) == identity:
+                        os.remove(name)
             if copy is not None and not os.path.exists(self.path):
                 os.replace(copy, self.path)
                 copy = self.path
@@ -271,7 +328,7 @@ class Database:
 
     # -- the cooperative lock wait -------------------------------------------------------
 
-    def _retry(self, operation: Callable, *args: object):
+    def run(self, operation: Callable, *args: object):
         """Run `operation(*args)` under the Semaphore; retry it while another program holds
         a lock, sleeping cooperatively (1 ms doubling to 100 ms), for at most `lock_wait`."""
         deadline = self._clock() + self.lock_wait
@@ -288,6 +345,39 @@ class Database:
             self._sleep(delay)
             delay = min(delay * 2, 0.1)
 
+
+class Database:
+    """The store's SQL, run through one `Handle` on its file: tables, tick writes, and the
+    reads of the status page, the audits and the repair.
+
+    Methods take only normalised symbols (symbols.normalise). Reads raise sqlite3.Error;
+    writes log and return False instead (the spec's "log and skip").
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        lock_wait: float = 5.0,
+        sleep: Callable[[float], object] = gevent.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.file = Handle(path, lock_wait, sleep, clock)
+        self.path = path
+        self._sleep = sleep
+        self._retry = self.file.run
+        self._audit_turn = Semaphore()
+        self._tables: dict[str, _Tables] = {}
+        self._throttle = Throttle(60.0, clock)
+        self.write_latency = Latency(WRITE_BUCKETS)  # each write, lock waits included
+
+    def open(self) -> None:
+        """Open the file (see `Handle.open`). Raises sqlite3.DatabaseError if unusable."""
+        self.file.open()
+
+    def close(self) -> None:
+        self.file.close()
+
     # -- writes --------------------------------------------------------------------------
 
     def _sql(self, symbol: str) -> _Tables:
@@ -301,15 +391,10 @@ class Database:
         self._retry(self._create, self._sql(symbol))
 
     def _create(self, tables: _Tables) -> None:
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        conn = self.file.conn
+        with transaction(conn):
             conn.execute(tables.create)
             conn.execute(tables.index)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def insert(self, symbol: str, tick: Tick) -> bool:
         """Store one tick in its own transaction; False (logged) if it could not be written.
@@ -340,18 +425,13 @@ class Database:
             return False
 
     def _write(self, tables: _Tables, ticks: Sequence[Tick]) -> None:
-        conn = self._conn
+        conn = self.file.conn
         if len(ticks) == 1:
+            # The per-tick path: one INSERT commits on its own, no BEGIN/COMMIT round trips.
             conn.execute(tables.insert, ticks[0])
             return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             conn.executemany(tables.insert, ticks)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     def _log_write_error(self, symbol: str, count: int, exc: sqlite3.Error) -> None:
         name = getattr(exc, "sqlite_errorname", type(exc).__name__)
@@ -374,19 +454,17 @@ class Database:
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode != sqlite3.SQLITE_ERROR:
                 raise
-            self._retry(lambda: self._conn.execute(SETTINGS_DDL))
+            self._retry(lambda: self.file.conn.execute(SETTINGS_DDL))
             log.warning("symbol_settings was missing and has been created again")
             return self._retry(self._read_settings)
 
     def _read_settings(self) -> list[tuple[object, object]]:
-        return self._conn.execute(
-            "SELECT symbol, enabled FROM symbol_settings ORDER BY rowid"
-        ).fetchall()
+        return read_settings(self.file.conn)
 
     def price_tables(self) -> list[str]:
         """Symbols that have a prices_ table, as named in the file, sorted."""
         rows = self._retry(
-            lambda: self._conn.execute(
+            lambda: self.file.conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' "
                 "AND name LIKE 'prices!_%' ESCAPE '!' ORDER BY name"
             ).fetchall()
@@ -397,7 +475,7 @@ class Database:
         """(first, last) tick timestamp of `symbol`, None if it has no table or no rows."""
         try:
             first, last = self._retry(
-                lambda: self._conn.execute(self._sql(symbol).first_last).fetchone()
+                lambda: self.file.conn.execute(self._sql(symbol).first_last).fetchone()
             )
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode == sqlite3.SQLITE_ERROR:
@@ -407,15 +485,15 @@ class Database:
 
     def max_id(self, symbol: str) -> int | None:
         """The highest stored trade id of `symbol`, None if none. Raises sqlite3.Error."""
-        return self._retry(lambda: self._conn.execute(self._sql(symbol).max_id).fetchone()[0])
+        return self._retry(lambda: self.file.conn.execute(self._sql(symbol).max_id).fetchone()[0])
 
     def neighbour_times(self, symbol: str, first: int, last: int) -> tuple[int | None, int | None]:
         """Timestamps of the stored ticks just before id `first` and just after id `last`."""
         sql = self._sql(symbol)
 
         def read():
-            before = self._conn.execute(sql.before, (first,)).fetchone()
-            after = self._conn.execute(sql.after, (last,)).fetchone()
+            before = self.file.conn.execute(sql.before, (first,)).fetchone()
+            after = self.file.conn.execute(sql.after, (last,)).fetchone()
             return (before and before[0]), (after and after[0])
 
         return self._retry(read)
@@ -430,14 +508,14 @@ class Database:
             # Rows straight from the cursor: a list of 20,000 ids per symbol, for a hundred
             # symbols at once, was 170 MB the allocator then kept.
             found, count = [], 0
-            for (current,) in self._conn.execute(sql.ids_from, (previous, chunk)):
+            for (current,) in self.file.conn.execute(sql.ids_from, (previous, chunk)):
                 if current > previous + 1:
                     found.append((previous + 1, current - 1))
                 previous, count = current, count + 1
             return found, previous, count
 
         with self._audit_turn:
-            row = self._retry(lambda: self._conn.execute(sql.since, (since_ms,)).fetchone())
+            row = self._retry(lambda: self.file.conn.execute(sql.since, (since_ms,)).fetchone())
             if row is None:
                 return []
             holes, previous = [], row[0]
@@ -450,7 +528,9 @@ class Database:
 
     def ping(self) -> None:
         """Raise sqlite3.Error unless the database answers a trivial read."""
-        self._retry(lambda: self._conn.execute("SELECT 1 FROM symbol_settings LIMIT 1").fetchall())
+        self._retry(
+            lambda: self.file.conn.execute("SELECT 1 FROM symbol_settings LIMIT 1").fetchall()
+        )
 
     def ticks(self, symbol: str, first_id: int = 0) -> list[Tick]:
         """Stored ticks of `symbol` with id >= first_id, by id (for tests and tools)."""
@@ -458,7 +538,7 @@ class Database:
         return self._retry(
             lambda: [
                 Tick(*row)
-                for row in self._conn.execute(
+                for row in self.file.conn.execute(
                     f"SELECT id, timestamp, price FROM {table} WHERE id >= ? ORDER BY id",
                     (first_id,),
                 )

@@ -8,14 +8,13 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from .text import iso_time
+
 
 class _UTCFormatter(logging.Formatter):
-    converter = time.gmtime
-
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%S", self.converter(record.created)) + (
-            f".{int(record.msecs):03d}Z"
-        )
+        # logging's own second and millisecond of the record, as one time in ms.
+        return iso_time(int(record.created) * 1000 + int(record.msecs))
 
 
 def setup(level: int, stream: TextIO) -> logging.Handler:

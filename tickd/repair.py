@@ -2,77 +2,25 @@
 
 from __future__ import annotations
 
-import bisect
 import enum
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import gevent
 import gevent.event
 
 from .database import Database
-from .logs import Throttle, failure, kv
-from .rest import INVALID_SYMBOL, OUT_OF_WINDOW, Rest, RestError
-from .status import format_time
+from .ledger import Ranges
+from .logs import failure, kv
+from .rest import INVALID_SYMBOL, OUT_OF_WINDOW, NotListed, Rest, RestError
+from .text import format_time
 
 log = logging.getLogger(__name__)
 
 RETRY_FIRST = 1.0
 RETRY_CAP = 300.0  # seconds; a gap is retried for as long as it can be filled
 EMPTY_ANSWERS = 10  # empty pages in a row for ids known to exist: Binance will not serve them
-NOT_LISTED_EVERY = 3600.0  # seconds between "not listed" lines for one symbol
-
-
-class Gaps:
-    """Disjoint, sorted, inclusive id ranges."""
-
-    __slots__ = ("_firsts", "_lasts")
-
-    def __init__(self) -> None:
-        self._firsts: list[int] = []
-        self._lasts: list[int] = []
-
-    def __bool__(self) -> bool:
-        return bool(self._firsts)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        return iter(zip(self._firsts, self._lasts, strict=True))
-
-    def count(self) -> int:
-        """How many ids are missing."""
-        return sum(last - first + 1 for first, last in self)
-
-    def first(self) -> tuple[int, int]:
-        return self._firsts[0], self._lasts[0]
-
-    def add(self, first: int, last: int) -> None:
-        """Add ids first..last, merging with ranges they touch or overlap."""
-        if first > last:
-            return
-        i = bisect.bisect_left(self._lasts, first - 1)
-        j = bisect.bisect_right(self._firsts, last + 1)
-        if i < j:
-            first = min(first, self._firsts[i])
-            last = max(last, self._lasts[j - 1])
-        self._firsts[i:j] = [first]
-        self._lasts[i:j] = [last]
-
-    def remove(self, first: int, last: int) -> None:
-        """Remove ids first..last, splitting a range that holds them in part."""
-        if first > last:
-            return
-        i = bisect.bisect_left(self._lasts, first)
-        j = bisect.bisect_right(self._firsts, last)
-        keep_firsts, keep_lasts = [], []
-        if i < j and self._firsts[i] < first:
-            keep_firsts.append(self._firsts[i])
-            keep_lasts.append(first - 1)
-        if i < j and self._lasts[j - 1] > last:
-            keep_firsts.append(last + 1)
-            keep_lasts.append(self._lasts[j - 1])
-        self._firsts[i:j] = keep_firsts
-        self._lasts[i:j] = keep_lasts
 
 
 class _Outcome(enum.Enum):
@@ -111,11 +59,12 @@ class Repair:
         rest: Rest,
         stats: Stats,
         *,
+        not_listed: NotListed | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], object] = gevent.sleep,
     ):
         self.symbol = symbol
-        self.gaps = Gaps()
+        self.gaps = Ranges()
         self.stats = stats
         self._db = db
         self._rest = rest
@@ -123,7 +72,8 @@ class Repair:
         self._sleep = sleep
         self._empty = 0  # empty answers in a row
         self._wake = gevent.event.Event()
-        self._not_listed = Throttle(NOT_LISTED_EVERY, clock)
+        # Shared with the symbol's checks: "not listed" once an hour, whoever meets it.
+        self._not_listed = not_listed or NotListed(symbol, clock)
         self._started: float | None = None  # when the queue last became non-empty
         self._repaired_since = 0
 
@@ -254,7 +204,6 @@ class Repair:
 
     def _log_failure(self, exc: RestError) -> None:
         if exc.code == INVALID_SYMBOL:
-            if self._not_listed.allow("not listed") is not None:
-                log.error("symbol not listed on Binance USD-M futures %s", kv(symbol=self.symbol))
+            self._not_listed.report()
             return
         log.warning("repair failed, retrying %s", kv(symbol=self.symbol, error=exc))

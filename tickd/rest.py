@@ -9,14 +9,17 @@ import logging
 import math
 import re
 import ssl
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 import gevent
 from gevent.lock import BoundedSemaphore
 
 from .limits import WeightLimiter
+from .logs import Throttle, kv
 from .wire import BadFrame, Tick, tick_from
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,7 @@ BAN_MINIMUM = 120.0  # seconds; a 418 ban lasts 2 minutes at least
 
 INVALID_SYMBOL = -1121
 OUT_OF_WINDOW = -4166
+NOT_LISTED_EVERY = 3600.0  # seconds between "not listed" lines for one symbol
 
 # X-MBX-USED-WEIGHT-1M: ASCII digits only (str.isdigit also takes "²", which int() refuses),
 # and few of them (int() refuses more than 4300; a budget is a few thousand).
@@ -51,6 +55,21 @@ def tls_context() -> ssl.SSLContext:
     """The client TLS context for Binance: system CAs, hostname checked. Loading the CAs
     takes milliseconds, so a process builds it once and hands it to every caller."""
     return ssl.create_default_context()
+
+
+class NotListed:
+    """Says that Binance does not list a symbol (REST -1121), at most once per `every`
+    seconds, whichever of the symbol's workers met it."""
+
+    __slots__ = ("_symbol", "_throttle")
+
+    def __init__(self, symbol: str, clock: Callable[[], float] = time.monotonic):
+        self._symbol = symbol
+        self._throttle = Throttle(NOT_LISTED_EVERY, clock)
+
+    def report(self) -> None:
+        if self._throttle.allow(None) is not None:
+            log.error("symbol not listed on Binance USD-M futures %s", kv(symbol=self._symbol))
 
 
 class Rest:

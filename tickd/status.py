@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
-import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -14,12 +12,11 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from . import symbols
 from .database import Database
 from .logs import kv
+from .text import format_time, name_column, quoted, symbol_line
 
 log = logging.getLogger(__name__)
 
 TITLE = "Binance Tick Store"
-NAME_WIDTH = 12  # the spec's example: "BTCUSDT" and five spaces
-STATE_WIDTH = 8  # "on" and six spaces
 NO_DATA = "(no data yet)"
 INVALID = "(invalid symbol, ignored)"
 
@@ -34,31 +31,6 @@ class Row:
     invalid: bool = False
 
 
-def width(text: str) -> int:
-    """Columns `text` takes in a terminal: wide East Asian characters count two, marks none."""
-    total = 0
-    for char in text:
-        if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
-            continue
-        total += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
-    return total
-
-
-def quoted(name: str, limit: int = 40) -> str:
-    r"""`name` in double quotes, on one line, readable one way only: `"` and `\` escaped with
-    a backslash, anything unprintable as a Python escape (`\n`, `\u202e`); cut after `limit`
-    characters, with `...` after the closing quote. How the status page and `tickd.admin`
-    show a name as stored that is not a symbol."""
-    shown = "".join(_escape(char) for char in name[:limit])
-    return f'"{shown}"' + ("..." if len(name) > limit else "")
-
-
-def _escape(char: str) -> str:
-    if char in '"\\':
-        return "\\" + char
-    return char if char.isprintable() else ascii(char)[1:-1]
-
-
 def format_uptime(seconds: float) -> str:
     """`2d 14h 32m`, leading zero units left out (`5m`, `3h 0m`)."""
     minutes = int(seconds // 60)
@@ -71,15 +43,11 @@ def format_uptime(seconds: float) -> str:
     return f"{minutes}m"
 
 
-def format_time(ms: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms // 1000))
-
-
 def render(uptime: float, rows: Iterable[Row]) -> str:
     """The status page of a running store."""
     rows = list(rows)
     names = [quoted(row.name) if row.invalid else row.name for row in rows]
-    column = max([NAME_WIDTH, *(width(name) + 2 for name in names)])
+    column = name_column(names)
     lines = [TITLE, "", "Status:     running", f"Uptime:     {format_uptime(uptime)}", ""]
     for row, name in zip(rows, names, strict=True):
         if row.invalid:
@@ -88,8 +56,7 @@ def render(uptime: float, rows: Iterable[Row]) -> str:
             detail = NO_DATA
         else:
             detail = f"{format_time(row.span[0])}  ->  {format_time(row.span[1])}"
-        state = "on" if row.on else "off"
-        lines.append(f"{name}{' ' * (column - width(name))}{state:<{STATE_WIDTH}}{detail}")
+        lines.append(symbol_line(name, "on" if row.on else "off", detail, column))
     return "\n".join(lines) + "\n"
 
 

@@ -43,11 +43,12 @@ from gevent import monkey; monkey.patch_all()
 import os, sys
 from tickd import database
 from tickd.app import run
-setup = database.Database._setup
+File = getattr(database, "Handle", database.Database)  # holds the connection
+setup = File._setup
 def blocking_setup(conn):
     setup(conn)
     conn.execute("PRAGMA busy_timeout = 5000")
-database.Database._setup = staticmethod(blocking_setup)
+File._setup = staticmethod(blocking_setup)
 sys.exit(run(os.environ))
 """
 

@@ -44,6 +44,12 @@ from tickd import database  # noqa: E402
 from tickd.app import run  # noqa: E402
 
 Database = database.Database
+# The class that holds the connection: `Handle` since the split, `Database` before it.
+File = getattr(database, "Handle", Database)
+
+
+def _file(db):
+    return getattr(db, "file", db)
 
 
 def checkpoint_locked() -> None:
@@ -58,7 +64,7 @@ def checkpoint_locked() -> None:
                 print("ckpt", r, flush=True)
             return r
 
-    Database.checkpoint = checkpoint
+    File.checkpoint = checkpoint
 
 
 def lean_insert() -> None:
@@ -66,11 +72,12 @@ def lean_insert() -> None:
 
     def insert(self, symbol, tick):
         tables = self._tables.get(symbol)
-        semaphore = self._semaphore
-        if tables is not None and self._conn is not None and not semaphore.locked():
+        handle = _file(self)
+        semaphore = handle._semaphore
+        if tables is not None and handle._conn is not None and not semaphore.locked():
             with semaphore:
                 try:
-                    self._conn.execute(tables.insert, tick)
+                    handle._conn.execute(tables.insert, tick)
                     return True
                 except sqlite3.Error:
                     pass
@@ -98,14 +105,14 @@ def slow_checkpoint() -> None:
 
 
 def sqlite_autocheckpoint() -> None:
-    setup = Database._setup
+    setup = File._setup
 
     def autocheckpoint_setup(conn):
         setup(conn)
         conn.execute("PRAGMA wal_autocheckpoint = 1000")
 
-    Database._setup = staticmethod(autocheckpoint_setup)
-    Database.checkpoint = lambda self: (0, 0, 0)
+    File._setup = staticmethod(autocheckpoint_setup)
+    File.checkpoint = lambda self: (0, 0, 0)
 
 
 def no_write() -> None:
@@ -126,8 +133,10 @@ def main() -> int:
     probe = Database(":memory:") if sys.argv[1:] else None
     for name in sys.argv[1:]:
         try:
-            for attribute in ("insert", "checkpoint", "_tables", "_semaphore", "_conn"):
+            for attribute in ("insert", "_tables"):
                 getattr(probe, attribute)
+            for attribute in ("checkpoint", "_setup", "_semaphore", "_conn"):
+                getattr(_file(probe), attribute)
             PATCHES[name]()
         except (AttributeError, ImportError) as exc:
             print(f"variant {name} does not apply to this tickd: {exc}", flush=True)

@@ -12,7 +12,7 @@ from helpers import FULL, process_usage, wait_for
 pytestmark = pytest.mark.slow
 
 COUNT = 1000 if FULL else 100
-SECONDS = 600 if FULL else 15
+SECONDS = 600 if FULL else 5
 
 
 def test_flapping_symbols(fake, make_store):

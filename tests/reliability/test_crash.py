@@ -16,8 +16,8 @@ from helpers import FULL, complete, enable, rows, wait_connected, wait_for
 
 pytestmark = pytest.mark.slow
 
-SYMBOLS = [f"K{i:02d}USDT" for i in range(50 if FULL else 20)]
-KILLS = 50 if FULL else 3
+SYMBOLS = [f"K{i:02d}USDT" for i in range(50 if FULL else 10)]
+KILLS = 50 if FULL else 2
 
 
 def check_file(path):
