@@ -1,6 +1,10 @@
 """The fake Binance speaks the real wire format and fails on demand."""
 
+import datetime
+import hashlib
+import io
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -8,6 +12,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
+import zlib
 from pathlib import Path
 from urllib.parse import quote
 
@@ -17,7 +23,13 @@ import websocket
 from websocket import ABNF
 
 from helpers import wait_for
-from tickd.fakebinance import EXCHANGE_INFO, FakeBinance, lower_ascii, stream_name
+from tickd.fakebinance import (
+    EXCHANGE_INFO,
+    FakeBinance,
+    archive_path,
+    lower_ascii,
+    stream_name,
+)
 
 WS_FIELDS = ["e", "E", "a", "s", "p", "q", "nq", "f", "l", "T", "m", "st"]
 REST_FIELDS = ["a", "p", "q", "nq", "f", "l", "T", "m"]
@@ -84,14 +96,20 @@ def assert_silent(ws):
         ws.recv_data_frame(True)
 
 
-def rest(fake, query, path="/fapi/v1/aggTrades"):
-    """GET path?query: (status, headers, decoded JSON body)."""
+def get(url):
+    """GET url: (status, headers, body), whatever the status."""
     try:
-        response = urllib.request.urlopen(f"{fake.rest_url}{path}?{query}", timeout=5)
+        response = urllib.request.urlopen(url, timeout=5)
     except urllib.error.HTTPError as error:
         response = error
     with response:
-        return response.status, response.headers, json.loads(response.read())
+        return response.status, response.headers, response.read()
+
+
+def rest(fake, query, path="/fapi/v1/aggTrades"):
+    """GET path?query: (status, headers, decoded JSON body)."""
+    status, headers, body = get(f"{fake.rest_url}{path}?{query}")
+    return status, headers, json.loads(body)
 
 
 @pytest.mark.parametrize(
@@ -731,8 +749,422 @@ def test_sends_note_when_each_watched_trade_is_written(start_fake, connect):
     assert fake.sends() == []
 
 
+# -- the archive (data.binance.vision)
+
+COLUMNS = "agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,is_buyer_maker"
+DAILY = "/data/futures/um/daily/aggTrades"
+Day = datetime.date
+
+
+def utc(*when):
+    """A clock reading (seconds) at a UTC date and time."""
+    return datetime.datetime(*when, tzinfo=datetime.UTC).timestamp()
+
+
+def start_archive(start_fake, **options):
+    """A fake at 2022-08-14 12:00 UTC whose BTCUSDT has 100 trades a day from 2022-08-09 to
+    2022-08-12 archived (ids 3477868033 .. 3477868432), and no live trade yet."""
+    clock = Clock(utc(2022, 8, 14, 12))
+    fake = start_fake(clock=clock, **options)
+    fake.archive("BTCUSDT", Day(2022, 8, 9), Day(2022, 8, 12))
+    return fake, clock
+
+
+def download(fake, symbol, period, suffix=""):
+    """GET an archive file: (status, headers, body)."""
+    return get(fake.archive_url + archive_path(symbol, period) + suffix)
+
+
+def unzip(data):
+    """(member name, CSV lines) of an archive zip holding one member."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        [name] = archive.namelist()
+        return name, archive.read(name).decode().splitlines()
+
+
+def rows_of(data):
+    """The data rows of an archive zip (without its header row, if it has one)."""
+    lines = unzip(data)[1]
+    return lines[1:] if lines[0] == COLUMNS else lines
+
+
+def triples(lines):
+    """(agg_trade_id, transact_time, price) of CSV rows, as `FakeBinance.archived` gives them."""
+    return [(int(r[0]), int(r[5]), r[1]) for r in (line.split(",") for line in lines)]
+
+
+def ms(day):
+    """Midnight UTC of a day, in ms."""
+    return int(utc(day.year, day.month, day.day) * 1000)
+
+
+def archived_between(fake, symbol, first, end):
+    """`fake.archived(symbol)` traded from day `first` until day `end` (exclusive)."""
+    return [t for t in fake.archived(symbol) if ms(first) <= t[1] < ms(end)]
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        (f"{DAILY}/BTCUSDT/BTCUSDT-aggTrades-2022-08-12.zip", 200),
+        (f"{DAILY}/BTCUSDT/BTCUSDT-aggTrades-2022-08-12.zip.CHECKSUM", 200),
+        (f"{DAILY}/BTCUSDT/BTCUSDT-aggTrades-2022-08-09.zip", 200),
+        (f"{DAILY}/BTCUSDT/BTCUSDT-aggTrades-2022-08-08.zip", 404),
+        (f"{DAILY}/BTCUSDT/BTCUSDT-aggTrades-2022-08-13.zip.CHECKSUM", 404),
+        (f"{DAILY}/ETHUSDT/ETHUSDT-aggTrades-2022-08-12.zip", 404),
+        (f"{DAILY}/btcusdt/btcusdt-aggTrades-2022-08-12.zip", 404),
+        (f"{DAILY}/BTCUSDT/ETHUSDT-aggTrades-2022-08-12.zip", 404),
+        (f"{DAILY}/BTCUSDT/BTCUSDT-aggTrades-2022-08-32.zip", 404),
+        (f"{DAILY}/BTCUSDT/BTCUSDT-aggTrades-2022-08.zip", 404),
+        (f"{DAILY}/BTCUSDT/BTCUSDT-trades-2022-08-12.zip", 404),
+        ("/data/spot/daily/aggTrades/BTCUSDT/BTCUSDT-aggTrades-2022-08-12.zip", 404),
+        ("/data/futures/um/monthly/aggTrades/BTCUSDT/BTCUSDT-aggTrades-2022-08.zip", 404),
+        ("/data/futures/um/monthly/aggTrades/BTCUSDT/BTCUSDT-aggTrades-2022-07.zip", 404),
+    ],
+    ids=[
+        "daily",
+        "checksum",
+        "first-day",
+        "before-the-archive",
+        "after-the-archive",
+        "unknown-symbol",
+        "lower-case-symbol",
+        "another-symbol-s-name",
+        "no-such-date",
+        "month-under-daily",
+        "trades-not-aggtrades",
+        "spot",
+        "month-not-over",
+        "month-not-archived",
+    ],
+)
+def test_the_archive_answers_binance_s_paths_and_404_for_unknown_files(start_fake, path, status):
+    fake, _ = start_archive(start_fake)
+    assert fake.archive_url == fake.rest_url
+    answer, headers, body = get(fake.archive_url + path)
+    assert answer == status
+    if status == 404:
+        assert b"<Code>NoSuchKey</Code>" in body
+        assert headers["Content-Type"] == "application/xml"
+
+
+def test_a_zip_is_served_with_its_type_and_length(start_fake):
+    fake, _ = start_archive(start_fake)
+    status, headers, body = download(fake, "BTCUSDT", "2022-08-12")
+    assert (status, headers["Content-Type"]) == (200, "application/zip")
+    assert int(headers["Content-Length"]) == len(body)
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        [info] = archive.infolist()
+    assert info.compress_type == zipfile.ZIP_DEFLATED
+
+
+def test_the_checksum_is_sha256sum_output_of_the_zip(start_fake):
+    fake, _ = start_archive(start_fake)
+    for period in ("2022-08-10", "2022-08-11"):
+        _, _, data = download(fake, "BTCUSDT", period)
+        status, headers, checksum = download(fake, "BTCUSDT", period, ".CHECKSUM")
+        assert (status, headers["Content-Type"]) == (200, "text/plain")
+        text = checksum.decode()
+        assert re.fullmatch(rf"[0-9a-f]{{64}}  BTCUSDT-aggTrades-{period}\.zip\n", text)
+        assert text.split()[0] == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("day", "header"),
+    [(Day(2022, 8, 10), False), (Day(2022, 8, 11), True)],
+    ids=["no-header-before-2022-08-11", "header-from-2022-08-11"],
+)
+def test_a_day_s_csv_holds_its_trades_with_a_header_by_date(start_fake, day, header):
+    fake, _ = start_archive(start_fake)
+    _, _, data = download(fake, "BTCUSDT", day.isoformat())
+    name, lines = unzip(data)
+
+    assert name == f"BTCUSDT-aggTrades-{day}.csv"
+    assert (lines[0] == COLUMNS) is header
+    rows = lines[1:] if header else lines
+    assert lines[0][0].isdigit() is not header  # how an importer tells them apart
+    assert len(rows) == 100
+    fields = [row.split(",") for row in rows]
+    assert {len(f) for f in fields} == {7}
+    assert {f[6] for f in fields} <= {"true", "false"}
+    assert all(re.fullmatch(r"[0-9]+\.[0-9]{2}", f[1]) for f in fields)  # as listed: 100.00
+    assert all(re.fullmatch(r"0\.[0-9]{3}", f[2]) for f in fields)
+    assert all(int(f[3]) <= int(f[4]) for f in fields)
+    times = [int(f[5]) for f in fields]
+    assert times == sorted(times)
+    next_day = day + datetime.timedelta(days=1)
+    assert ms(day) <= times[0] and times[-1] < ms(next_day)
+    assert times[-1] - times[0] > 20 * 3600 * 1000  # spread over the day, in ms
+    assert triples(rows) == archived_between(fake, "BTCUSDT", day, next_day)
+
+
+def test_ids_run_on_across_days_and_into_the_live_stream(start_fake, connect):
+    clock = Clock(utc(2022, 8, 14, 12))
+    fake = start_fake(clock=clock)
+    fake.list_symbol("BTCUSDT", first_id=5000)
+    fake.archive("BTCUSDT", Day(2022, 8, 10), Day(2022, 8, 12), per_day=300)
+    ws = subscribe(fake, connect, "BTCUSDT")
+    rows = []
+    for day in ("2022-08-10", "2022-08-11", "2022-08-12"):
+        rows += rows_of(download(fake, "BTCUSDT", day)[2])
+    live = fake.trade("BTCUSDT")
+
+    ids = [int(row.split(",")[0]) for row in rows]
+    assert ids == list(range(4100, 5000))
+    assert triples(rows) == fake.archived("BTCUSDT")
+    assert json.loads(ws.recv())["a"] == live["a"] == 5000
+    assert int(rows[-1].split(",")[4]) < live["f"]  # the trade ids inside do not go back either
+    assert fake.history("BTCUSDT") == [live]  # history is what was traded live
+
+
+def test_an_archive_of_a_symbol_not_listed_lists_it(start_fake):
+    fake, _ = start_archive(start_fake)
+    first = fake.archived("BTCUSDT")[0][0]
+    assert fake.trade("BTCUSDT")["a"] == fake.archived("BTCUSDT")[-1][0] + 1 == first + 400
+    assert [s["symbol"] for s in rest(fake, "", path=EXCHANGE_INFO)[2]["symbols"]] == ["BTCUSDT"]
+
+
+@pytest.mark.parametrize(
+    ("before", "arguments", "message"),
+    [
+        (lambda fake: fake.trade("BTCUSDT"), (Day(2022, 8, 1), Day(2022, 8, 2)), "before any"),
+        (lambda fake: fake.skip_ids("BTCUSDT", 1), (Day(2022, 8, 1), Day(2022, 8, 2)), "before"),
+        (
+            lambda fake: fake.archive("BTCUSDT", Day(2022, 7, 1), Day(2022, 7, 2)),
+            (Day(2022, 8, 1), Day(2022, 8, 2)),
+            "already has an archive",
+        ),
+        (lambda fake: None, (Day(2022, 8, 2), Day(2022, 8, 1)), "start <= end"),
+        (lambda fake: None, (Day(2022, 8, 1), Day(2022, 8, 1), 0), "per_day >= 1"),
+        (
+            lambda fake: fake.list_symbol("BTCUSDT", first_id=150),
+            (Day(2022, 8, 1), Day(2022, 8, 2)),
+            "no room",
+        ),
+    ],
+    ids=["after-a-trade", "after-skipped-ids", "twice", "backwards", "no-trades", "ids-below-0"],
+)
+def test_an_archive_must_come_first_and_make_sense(fake, before, arguments, message):
+    before(fake)
+    with pytest.raises(ValueError, match=message):
+        fake.archive("BTCUSDT", *arguments)
+
+
+@pytest.mark.parametrize("lag", [1, 2], ids=["next-day", "two-days-late"])
+def test_a_day_is_published_archive_lag_days_after_it(start_fake, lag):
+    clock = Clock(utc(2022, 8, 14, 23, 59))
+    fake = start_fake(clock=clock, archive_lag_days=lag)
+    fake.archive("BTCUSDT", Day(2022, 8, 10), Day(2022, 8, 14))
+
+    def published():
+        days = [f"2022-08-{d}" for d in range(10, 15)]
+        return [day for day in days if download(fake, "BTCUSDT", day)[0] == 200]
+
+    assert published()[-1] == f"2022-08-{14 - lag}"
+    clock.now += 60  # 2022-08-15 00:00:59
+    assert published()[-1] == f"2022-08-{15 - lag}"
+    assert len(published()) == 6 - lag
+
+
+def test_a_month_is_published_once_over_holding_its_archived_days(start_fake):
+    clock = Clock(utc(2022, 8, 31, 12))
+    fake = start_fake(clock=clock)
+    fake.archive("BTCUSDT", Day(2022, 7, 30), Day(2022, 9, 1), per_day=10)
+
+    def month(period):
+        status, _, data = download(fake, "BTCUSDT", period)
+        if status != 200:
+            return status
+        name, lines = unzip(data)
+        assert name == f"BTCUSDT-aggTrades-{period}.csv"
+        return lines
+
+    def archived(first, end):
+        return archived_between(fake, "BTCUSDT", first, end)
+
+    assert (month("2022-08"), month("2022-09")) == (404, 404)
+    july = month("2022-07")  # the archive starts on the 30th: two days, no header (before 08-11)
+    assert triples(july) == archived(Day(2022, 7, 30), Day(2022, 8, 1))
+    assert len(july) == 20
+
+    clock.now = utc(2023, 3, 1, 12)
+    august = month("2022-08")
+    assert august[0] != COLUMNS  # dated by its first day: 2022-08-01
+    assert triples(august) == archived(Day(2022, 8, 1), Day(2022, 9, 1))
+    assert len(august) == 310
+    september = month("2022-09")  # one archived day, and a header
+    assert september[0] == COLUMNS
+    assert triples(september[1:]) == archived(Day(2022, 9, 1), Day(2022, 9, 2))
+    assert month("2022-10") == 404
+    status, _, checksum = download(fake, "BTCUSDT", "2022-09", ".CHECKSUM")
+    assert (status, checksum.decode()[64:]) == (200, "  BTCUSDT-aggTrades-2022-09.zip\n")
+
+
+def test_missing_answers_404_for_good(start_fake):
+    fake, clock = start_archive(start_fake)
+    fake.archive_fault("missing", "BTCUSDT", "2022-08-11")
+    clock.now += 30 * 86400
+    for _ in range(2):
+        assert download(fake, "BTCUSDT", "2022-08-11")[0] == 404
+        assert download(fake, "BTCUSDT", "2022-08-11", ".CHECKSUM")[0] == 404
+    assert download(fake, "BTCUSDT", "2022-08-12")[0] == 200
+    assert download(fake, "BTCUSDT", "2022-08")[0] == 200  # the month is another file
+
+
+def test_corrupt_downloads_fail_the_checksum_count_times(start_fake):
+    fake, _ = start_archive(start_fake)
+    _, _, good = download(fake, "BTCUSDT", "2022-08-11")
+    fake.archive_fault("corrupt", "BTCUSDT", "2022-08-11", count=2)
+    _, _, checksum = download(fake, "BTCUSDT", "2022-08-11", ".CHECKSUM")
+    assert checksum.split()[0].decode() == hashlib.sha256(good).hexdigest()  # not damaged
+
+    for _ in range(2):
+        status, headers, bad = download(fake, "BTCUSDT", "2022-08-11")
+        assert (status, int(headers["Content-Length"]), len(bad)) == (200, len(good), len(good))
+        assert hashlib.sha256(bad).hexdigest() != checksum.split()[0].decode()
+        with pytest.raises((zipfile.BadZipFile, zlib.error)):
+            unzip(bad)
+    assert download(fake, "BTCUSDT", "2022-08-11")[2] == good
+    assert download(fake, "BTCUSDT", "2022-08-12")[0] == 200
+
+
+def test_no_header_leaves_the_header_out_of_a_file_that_should_have_it(start_fake):
+    fake, _ = start_archive(start_fake)
+    _, _, good = download(fake, "BTCUSDT", "2022-08-12")
+    fake.archive_fault("no_header", "BTCUSDT", "2022-08-12")
+    _, _, data = download(fake, "BTCUSDT", "2022-08-12")
+    _, _, checksum = download(fake, "BTCUSDT", "2022-08-12", ".CHECKSUM")
+
+    assert unzip(good)[1][0] == COLUMNS
+    assert unzip(data)[1] == unzip(good)[1][1:]
+    assert checksum.split()[0].decode() == hashlib.sha256(data).hexdigest()
+
+
+def test_shuffled_puts_the_rows_out_of_order(start_fake):
+    fake, _ = start_archive(start_fake)
+    _, _, good = download(fake, "BTCUSDT", "2022-08-12")
+    fake.archive_fault("shuffled", "BTCUSDT", "2022-08-12")
+    _, _, data = download(fake, "BTCUSDT", "2022-08-12")
+
+    lines, shuffled = unzip(good)[1], unzip(data)[1]
+    assert shuffled[0] == COLUMNS
+    assert shuffled != lines
+    assert sorted(shuffled[1:]) == sorted(lines[1:])
+    assert download(fake, "BTCUSDT", "2022-08-12")[2] == data  # the same order each time
+
+
+def test_lagging_answers_404_for_count_requests_then_publishes(start_fake):
+    fake, _ = start_archive(start_fake)
+    fake.archive_fault("lagging", "BTCUSDT", "2022-08-12", count=2)
+    assert download(fake, "BTCUSDT", "2022-08-12", ".CHECKSUM")[0] == 404
+    assert download(fake, "BTCUSDT", "2022-08-12")[0] == 404
+    assert download(fake, "BTCUSDT", "2022-08-11")[0] == 200  # other days are on time
+    assert download(fake, "BTCUSDT", "2022-08-12", ".CHECKSUM")[0] == 200
+    assert download(fake, "BTCUSDT", "2022-08-12")[0] == 200
+
+
+def test_replaced_changes_the_bytes_and_the_checksum_but_not_the_rows(start_fake):
+    fake, _ = start_archive(start_fake)
+    _, _, first = download(fake, "BTCUSDT", "2022-08-12")
+    _, _, first_checksum = download(fake, "BTCUSDT", "2022-08-12", ".CHECKSUM")
+    fake.archive_fault("replaced", "BTCUSDT", "2022-08-12")
+    _, _, second = download(fake, "BTCUSDT", "2022-08-12")
+    _, _, second_checksum = download(fake, "BTCUSDT", "2022-08-12", ".CHECKSUM")
+
+    assert second != first
+    assert second_checksum != first_checksum
+    assert second_checksum.split()[0].decode() == hashlib.sha256(second).hexdigest()
+    assert unzip(second) == unzip(first)
+
+
+@pytest.mark.parametrize(
+    ("kind", "period", "message"),
+    [
+        ("truncated", "2022-08-12", "unknown archive fault"),
+        ("missing", "2022-8-12", "YYYY-MM-DD or YYYY-MM"),
+        ("missing", "20220812", "YYYY-MM-DD or YYYY-MM"),
+        ("missing", "2022-13", "month"),
+    ],
+    ids=["unknown-kind", "short-month", "no-dashes", "no-such-month"],
+)
+def test_archive_fault_refuses_what_it_cannot_do(fake, kind, period, message):
+    with pytest.raises(ValueError, match=message):
+        fake.archive_fault(kind, "BTCUSDT", period)
+
+
+def test_rest_serves_archived_trades_within_rest_window_only(start_fake):
+    fake, _ = start_archive(start_fake)  # now 2022-08-14 12:00: the window opens 08-12 12:00
+    made = [fake.trade("BTCUSDT") for _ in range(2)]
+    archived = fake.archived("BTCUSDT")
+    august_12 = archived[300:]
+    recent = next(i for i, t in enumerate(august_12) if t[1] >= ms(Day(2022, 8, 12)) + 43200000)
+
+    def served(query):
+        status, _, rows = rest(fake, "symbol=BTCUSDT&" + query)
+        assert status == 200, rows
+        assert all(list(row) == REST_FIELDS for row in rows)
+        return [(r["a"], r["T"], r["p"]) for r in rows]
+
+    old = august_12[recent - 1][0]
+    for too_old in (archived[0][0], old, archived[0][0] - 10):
+        status, _, body = rest(fake, f"symbol=BTCUSDT&fromId={too_old}")
+        assert (status, body) == (
+            400,
+            {"code": -4166, "msg": "Search window is restricted to recent 2 days only."},
+        )
+    live = [(t["a"], t["T"], t["p"]) for t in made]
+    assert served(f"fromId={old + 1}&limit=1000") == august_12[recent:] + live
+    assert served(f"fromId={old + 1}&limit=3") == august_12[recent : recent + 3]
+    assert served("limit=4") == august_12[-2:] + live
+    assert served("limit=1000") == august_12[recent:] + live  # the latest: none too old
+
+
+def test_rest_window_is_how_far_back_rest_serves_the_archive(start_fake):
+    fake, _ = start_archive(start_fake, rest_window=10 * 86400.0)
+    status, _, rows = rest(fake, "symbol=BTCUSDT&fromId=0&limit=2")
+    assert (status, [(r["a"], r["T"], r["p"]) for r in rows]) == (200, fake.archived("BTCUSDT")[:2])
+    rows = rest(fake, "symbol=BTCUSDT&limit=1000")[2]
+    assert [r["a"] for r in rows] == [t[0] for t in fake.archived("BTCUSDT")]
+
+
+def test_archive_requests_lists_every_archive_path_in_order(start_fake):
+    fake, _ = start_archive(start_fake)
+    paths = [
+        archive_path("BTCUSDT", "2022-08-12") + ".CHECKSUM",
+        archive_path("BTCUSDT", "2022-08-12"),
+        archive_path("BTCUSDT", "2022-08-13"),
+        "/data/nothing",
+        archive_path("BTCUSDT", "2022-08-12"),
+    ]
+    assert fake.archive_requests() == []
+    for path in paths:
+        get(fake.archive_url + path)
+    rest(fake, "symbol=BTCUSDT")
+    assert fake.archive_requests() == paths
+    assert fake.archive_requests()[0] == (
+        "/data/futures/um/daily/aggTrades/BTCUSDT/BTCUSDT-aggTrades-2022-08-12.zip.CHECKSUM"
+    )
+
+
+def test_the_same_arguments_give_the_same_archive(start_fake):
+    one, _ = start_archive(start_fake)
+    two, _ = start_archive(start_fake)
+    other, _ = start_archive(start_fake)
+    other.archive("ETHUSDT", Day(2022, 8, 9), Day(2022, 8, 12))
+
+    def served(fake, symbol="BTCUSDT"):
+        files = [download(fake, symbol, "2022-08-11" + suffix)[2] for suffix in ("", ".CHECKSUM")]
+        return files, rest(fake, f"symbol={symbol}&limit=50")[2], fake.archived(symbol)
+
+    assert served(one) == served(two)
+    eth = served(other, "ETHUSDT")
+    assert [t[0] for t in eth[2]] != [t[0] for t in one.archived("BTCUSDT")]
+    assert [t[2] for t in eth[2]] != [t[2] for t in one.archived("BTCUSDT")]  # its own walk
+
+
 def test_runs_on_its_own_and_stops_on_sigterm(connect):
     command = [sys.executable, "-m", "tickd.fakebinance", "--port", "0", "--symbols", "BTCUSDT"]
+    command += ["--archive-days", "3", "--archive-per-day", "50"]
     root = Path(__file__).resolve().parent.parent
     with subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, text=True) as process:
         try:
@@ -742,6 +1174,13 @@ def test_runs_on_its_own_and_stops_on_sigterm(connect):
             assert rest_url.startswith("http://127.0.0.1:")
             ws = connect(f"{ws_url}/btcusdt@aggTrade")
             assert json.loads(ws.recv())["s"] == "BTCUSDT"
+
+            archive_url = process.stdout.readline().strip().removeprefix("BINANCE_ARCHIVE_URL=")
+            assert archive_url == rest_url
+            two_days_ago = datetime.datetime.now(datetime.UTC).date() - datetime.timedelta(days=2)
+            status, _, data = get(archive_url + archive_path("BTCUSDT", two_days_ago.isoformat()))
+            assert status == 200
+            assert len(rows_of(data)) == 50
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=5) == 0
         finally:

@@ -5,20 +5,30 @@ trade so that tests can compare what a client stored with what was made, and RES
 A load generator passes a tape that keeps nothing (`FakeBinance(tape=...)`), and its own control
 endpoints (`routes=`), and uses the fake's ways of trading: one trade (`trade`), a Poisson market
 (`run_market`), a burst at a set rate (`burst`), or as fast as each client reads (`firehose`).
+
+A symbol may also have a history before its first live trade (`archive`): Binance's public
+archive of aggTrades (data.binance.vision's daily and monthly zips with their CHECKSUMs, on
+the same port, with faults of its own: `archive_fault`), and REST within `rest_window`.
 """
 
 import argparse
 import bisect
 import contextlib
+import datetime
+import hashlib
+import io
+import itertools
 import json
 import math
 import random
+import re
 import signal
 import socket
 import struct
 import time
+import zipfile
 from array import array
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from http import HTTPStatus
@@ -56,6 +66,7 @@ _NOTED = -3  # outbox marker: a text frame whose write time is noted, (payload, 
 _REFUSED = "fakebinance.refused"  # environ key: answer this handshake with an HTTP error
 _REST_ROW = '{"a":%d,"p":"%s","q":"%s","nq":"%s","f":%d,"l":%d,"T":%d,"m":%s}'
 _BOOL = ("false", "true")
+_TOO_OLD = b'{"code":-4166,"msg":"Search window is restricted to recent 2 days only."}'
 
 
 def lower_ascii(text: str) -> str:
@@ -108,6 +119,12 @@ def split_assets(symbol: str) -> tuple[str, str, str]:
 def _wsgi_text(value: str) -> str:
     """Undo WSGI's latin-1 decoding of a path or query string that was UTF-8 on the wire."""
     return value.encode("latin-1").decode("utf-8", "replace")
+
+
+def _join_arrays(rows: list[str], more: bytes) -> bytes:
+    """A JSON array of the `rows` (JSON texts) and then of the elements of array `more`."""
+    tail = more.strip()[1:-1].strip().decode()
+    return ("[" + ",".join([*rows, tail] if tail else rows) + "]").encode()
 
 
 def _json(value: Any) -> bytes:
@@ -283,6 +300,177 @@ def _units(price: str) -> tuple[int, int]:
 _QTY = [f"0.{n:03d}" for n in range(51)]  # trade quantities: 0.001 to 0.050
 
 
+# -- Binance's public archive of aggTrades (data.binance.vision), the layout of DESIGN 8
+
+ARCHIVE_PREFIX = "/data/"  # every path under it is an archive request (archive_requests())
+ARCHIVE_COLUMNS = (
+    "agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,is_buyer_maker"
+)
+HEADER_SINCE = datetime.date(2022, 8, 11)  # USD-M files carry the header row from this date on
+ARCHIVE_FAULTS = ("missing", "corrupt", "no_header", "shuffled", "lagging", "replaced")
+DAY_MS = 86_400_000
+_EPOCH_DAY = datetime.date(1970, 1, 1).toordinal()
+_CSV_ROW = "%d,%s,%s,%d,%d,%d,%s\n"
+_ARCHIVE_PATH = re.compile(
+    r"/data/futures/um/(daily|monthly)/aggTrades/([^/]+)/\2-aggTrades-"
+    r"([0-9]{4}-[0-9]{2}(?:-[0-9]{2})?)\.zip(\.CHECKSUM)?"
+)
+_NO_SUCH_KEY = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NoSuchKey</Code>'
+    "<Message>The specified key does not exist.</Message><Key>%s</Key></Error>"
+)
+
+
+def archive_path(symbol: str, period: str) -> str:
+    """The path of an archive zip: `period` `YYYY-MM-DD` is a daily file, `YYYY-MM` a monthly
+    one. Its checksum is at the same path plus `.CHECKSUM`."""
+    frequency = "daily" if len(period) == 10 else "monthly"
+    return f"/data/futures/um/{frequency}/aggTrades/{symbol}/{symbol}-aggTrades-{period}.zip"
+
+
+def parse_archive_path(path: str) -> tuple[str, str, bool] | None:
+    """(symbol, period, is the CHECKSUM) of an archive path, or None if it names no file."""
+    match = _ARCHIVE_PATH.fullmatch(path)
+    if match is None or (match[1] == "daily") != (len(match[3]) == 10):
+        return None
+    try:
+        period_days(match[3])
+    except ValueError:  # 2026-13, 2026-02-30
+        return None
+    return match[2], match[3], match[4] is not None
+
+
+def period_days(period: str) -> tuple[datetime.date, datetime.date]:
+    """(first day, last day) of `YYYY-MM-DD` (one day) or `YYYY-MM` (a calendar month);
+    ValueError for anything else."""
+    if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", period):
+        day = datetime.date.fromisoformat(period)
+        return day, day
+    if re.fullmatch(r"[0-9]{4}-[0-9]{2}", period):
+        first = datetime.date.fromisoformat(period + "-01")
+        following = (first + datetime.timedelta(days=31)).replace(day=1)
+        return first, following - datetime.timedelta(days=1)
+    raise ValueError(f"an archive period is YYYY-MM-DD or YYYY-MM, not {period!r}")
+
+
+def checksum_text(data: bytes, name: str) -> bytes:
+    """What `sha256sum <name>` prints for a file holding `data`."""
+    return f"{hashlib.sha256(data).hexdigest()}  {name}\n".encode()
+
+
+def zip_one(name: str, data: bytes, when: datetime.datetime) -> bytes:
+    """A zip holding one deflated member `name` with `data`, stamped `when`: the same
+    arguments give the same bytes."""
+    info = zipfile.ZipInfo(name, date_time=when.timetuple()[:6])
+    info.compress_type = zipfile.ZIP_DEFLATED
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(info, data, compresslevel=1)  # fast: a million rows in a second
+    return buffer.getvalue()
+
+
+def damaged(data: bytes) -> bytes:
+    """A zip made by `zip_one` with one byte of its compressed member flipped: the same
+    length, another sha256, and a member that no longer inflates to its CRC."""
+    (size,) = struct.unpack_from("<I", data, 18)  # the local header's compressed size
+    name_length, extra_length = struct.unpack_from("<HH", data, 26)
+    at = 30 + name_length + extra_length + size // 2
+    return data[:at] + bytes((data[at] ^ 0xFF,)) + data[at + 1 :]
+
+
+def _walk_step(units: int, step: int) -> int:
+    return max(units + step, 1)
+
+
+class _Archive:
+    """One symbol's archived history: `per_day` trades on each of `days` UTC days from
+    `start`, ids `first_id` .. `end_id` - 1 without a hole.
+
+    Nothing is kept per trade. A trade's time is a function of its id (spread over its day,
+    never decreasing); a day's prices, quantities and sides come from one draw per trade of a
+    generator seeded with the symbol and the day, made when the day is asked for (the last
+    two days asked are cached). Prices walk from the listing price each day.
+    """
+
+    __slots__ = ("base", "cached", "days", "first_id", "per_day", "scale", "start", "symbol")
+
+    def __init__(
+        self,
+        symbol: str,
+        start: datetime.date,
+        days: int,
+        per_day: int,
+        *,
+        first_id: int,
+        price: str,
+    ) -> None:
+        self.symbol, self.start, self.days, self.per_day = symbol, start, days, per_day
+        self.first_id = first_id
+        self.base, self.scale = _units(price)
+        self.cached: dict[int, tuple[array, array]] = {}  # day index -> (prices, draws)
+
+    @property
+    def end_id(self) -> int:
+        """The id after the last archived one: the symbol's first live id."""
+        return self.first_id + self.days * self.per_day
+
+    def span(self, first: datetime.date, last: datetime.date) -> tuple[int, int]:
+        """The ids (from, to exclusive) of the archived trades from day `first` to `last`;
+        from >= to if there are none."""
+        k0 = max((first - self.start).days, 0)
+        k1 = min((last - self.start).days + 1, self.days)
+        return self.first_id + k0 * self.per_day, self.first_id + max(k1, k0) * self.per_day
+
+    def time_of(self, trade_id: int) -> int:
+        """T of an archived trade, in ms: within its day's share of the index, jittered."""
+        k, i = divmod(trade_id - self.first_id, self.per_day)
+        day_ms = (self.start.toordinal() + k - _EPOCH_DAY) * DAY_MS
+        jitter = trade_id * 2_654_435_761 % DAY_MS  # Knuth's multiplicative hash
+        return day_ms + (i * DAY_MS + jitter) // self.per_day
+
+    def first_since(self, time_ms: int) -> int:
+        """The first archived id traded at `time_ms` or later (end_id if none)."""
+        ids = range(self.first_id, self.end_id)
+        return self.first_id + bisect.bisect_left(ids, time_ms, key=self.time_of)
+
+    def rows(self, lo: int, hi: int) -> Iterator[tuple[int, str, str, int, int, int, str]]:
+        """(a, p, q, f, l, T, m as `true`/`false`) of the archived trades lo .. hi - 1."""
+        lo, hi = max(lo, self.first_id), min(hi, self.end_id)
+        texts: dict[int, str] = {}
+        while lo < hi:
+            k, i = divmod(lo - self.first_id, self.per_day)
+            stop = min(i + hi - lo, self.per_day)
+            prices, draws = self._day(k)
+            for j in range(i, stop):
+                a, r, units = lo + j - i, draws[j], prices[j]
+                price = texts.get(units) or texts.setdefault(units, price_text(units, self.scale))
+                qty, maker = _QTY[(r >> 4) % 50 + 1], _BOOL[(r >> 20) & 1]
+                f = 2 * a  # History's first fill is 2 * its first id: the fills never overlap
+                yield a, price, qty, f, f + (r >> 10) % 2, self.time_of(a), maker
+            lo += stop - i
+
+    def rest_rows(self, lo: int, hi: int) -> list[str]:
+        """The archived trades lo .. hi - 1 as rows of GET /fapi/v1/aggTrades (JSON texts)."""
+        return [
+            _REST_ROW % (a, p, q, q, f, last, t, m) for a, p, q, f, last, t, m in self.rows(lo, hi)
+        ]
+
+    def _day(self, k: int) -> tuple[array, array]:
+        """Day `k`'s prices (in units) and draws, one per trade."""
+        made = self.cached.get(k)
+        if made is None:
+            day = self.start + datetime.timedelta(days=k)
+            rng = random.Random(f"{self.symbol}/{day.isoformat()}")  # noqa: S311 - reproducible
+            draws = array("I", rng.randbytes(4 * self.per_day))
+            walk = itertools.accumulate((r % 11 - 5 for r in draws), _walk_step, initial=self.base)
+            prices = array("q", walk)
+            del prices[0]  # the listing price itself: the first step is the first trade's
+            if len(self.cached) >= 2:
+                del self.cached[next(iter(self.cached))]
+            made = self.cached[k] = (prices, draws)
+        return made
+
+
 @dataclass(frozen=True, slots=True)
 class Burst:
     """What a burst made: per symbol its first and last id; `trades` in all in `seconds`."""
@@ -374,13 +562,19 @@ class FakeBinance:
         clock: Callable[[], float] = time.time,
         tape: Callable[[str, int, str], Tape] = History,
         routes: Mapping[str, Callable[[dict[str, str]], Any]] | None = None,
+        archive_lag_days: int = 1,
+        rest_window: float = 2 * 86400.0,
     ) -> None:
         """`max_backlog`: frames a websocket may have queued, unsent, before it is closed with
         1008 as a slow consumer (None: no bound). `send_buffer`: SO_SNDBUF of each websocket
         in bytes (None: the system's, which grows to megabytes on loopback). `tape`: makes
         each listed symbol's `Tape` (default `History`, which `history()` needs). `routes`:
         more GET paths, each answered 200 with the JSON of `handler(query parameters)`, before
-        the exchange's own routes and without weight."""
+        the exchange's own routes and without weight.
+
+        The archive (`archive()`): a day's file is published `archive_lag_days` days after it
+        (1: the next day, by `clock`, in UTC). REST refuses a `fromId` among the archived
+        trades older than `rest_window` seconds with -4166, as Binance does past two days."""
         self._address = (host, port)
         self._ping_interval = ping_interval
         self._retention = retention  # how many of the most recent ids REST still serves
@@ -410,6 +604,13 @@ class FakeBinance:
         self._rest_calls: list[tuple[float, dict[str, str]]] = []
         self._info_calls: list[float] = []
         self._slow_consumers: list[tuple[float, str, int]] = []
+        self._listings: dict[str, tuple[int, str]] = {}  # listed symbol -> first id, price
+        self._archives: dict[str, _Archive] = {}
+        self._archive_lag = datetime.timedelta(days=archive_lag_days)
+        self._rest_window = rest_window
+        self._archive_faults: dict[tuple[str, str], dict[str, int]] = {}
+        self._archive_requests: list[str] = []
+        self._last_zip: tuple[tuple, bytes] = ((), b"")  # what a CHECKSUM and its zip share
 
     # -- life cycle
 
@@ -459,6 +660,12 @@ class FakeBinance:
     def rest_url(self) -> str:
         return f"http://{self._address[0]}:{self.port}"
 
+    @property
+    def archive_url(self) -> str:
+        """Base of the archive, as `https://data.binance.vision` is Binance's: a client
+        appends `archive_path(symbol, period)` (and `.CHECKSUM`). The same server as REST."""
+        return self.rest_url
+
     # -- the market
 
     def list_symbol(
@@ -470,6 +677,7 @@ class FakeBinance:
         if first_id is None:
             first_id = FIRST_ID + 1_000_000 * len(self._markets)
         self._markets[symbol] = self._tape(symbol, first_id, price)
+        self._listings[symbol] = (first_id, price)
         self._names[symbol] = stream = stream_name(symbol)
         self._listed[stream] = symbol
         scale = _units(price)[1]
@@ -603,6 +811,134 @@ class FakeBinance:
         }
         return Burst(ids=ids, trades=made, seconds=took)
 
+    # -- the archive (data.binance.vision)
+
+    def archive(
+        self, symbol: str, start: datetime.date, end: datetime.date, per_day: int = 100
+    ) -> None:
+        """Give `symbol` a history of `per_day` aggTrades on each UTC day from `start` to `end`
+        inclusive, served as the archive's files and over REST (within `rest_window`).
+
+        Its ids are consecutive and end one before the symbol's first live id, so the stream
+        goes on from the archive without a hole; trade times are spread over each day, prices
+        walk from the listing price. The same arguments give the same trades (seeded by
+        symbol and day), and nothing is made before it is asked for: a million trades cost
+        nothing until served; a file is built in memory, on the hub, when asked for (about
+        three seconds per million rows). Live trades are never archived.
+
+        Files (by `clock`, in UTC; `today - archive_lag_days` is the last day published):
+        a daily file for each archived day up to that day; a monthly file for each calendar
+        month whose last day is up to that day and which has archived days, holding those
+        days only (a month the archive covers in part is a short file, as Binance's is for
+        a symbol listed mid-month).
+
+        Lists the symbol if needed. ValueError if `start` is after `end`, `per_day` < 1, the
+        symbol has traded (or skipped ids) or has an archive already, or ids would go below 0.
+        """
+        days = (end - start).days + 1
+        if days < 1 or per_day < 1:
+            raise ValueError("an archive needs start <= end and per_day >= 1")
+        self.list_symbol(symbol)
+        first_live, price = self._listings[symbol]
+        if symbol in self._archives:
+            raise ValueError(f"{symbol} already has an archive")
+        if self._markets[symbol].next_id != first_live:
+            raise ValueError(f"an archive must come before any live trade of {symbol}")
+        if first_live < days * per_day:
+            raise ValueError(f"{symbol} lists at id {first_live}: no room for the archive")
+        first_id = first_live - days * per_day
+        self._archives[symbol] = _Archive(
+            symbol, start, days, per_day, first_id=first_id, price=price
+        )
+
+    def archived(self, symbol: str) -> list[tuple[int, int, str]]:
+        """(agg_trade_id, transact_time, price) of every archived trade of `symbol`, oldest
+        first ([] without an archive); made on each call."""
+        archive = self._archives.get(symbol)
+        if archive is None:
+            return []
+        return [(a, t, p) for a, p, _, _, _, t, _ in archive.rows(archive.first_id, archive.end_id)]
+
+    def archive_fault(self, kind: str, symbol: str, period: str, count: int = 1) -> None:
+        """Make the archive file of `symbol` for `period` (`YYYY-MM-DD` daily, `YYYY-MM`
+        monthly) misbehave; faults of different kinds add up. `kind`:
+
+        - `missing`: the zip and its CHECKSUM answer 404, for good;
+        - `corrupt`: the next `count` downloads of the zip have a byte flipped (same length;
+          the CHECKSUM stays that of the good file, so the sha256 check fails);
+        - `no_header`: the CSV has no header row, whatever its date;
+        - `shuffled`: the CSV's rows are in a seeded random order (the header stays first);
+        - `lagging`: not published yet: the next `count` requests of the zip or its CHECKSUM
+          that would have found it answer 404;
+        - `replaced`: published again, `count` times: the zip is rebuilt with a later
+          timestamp, so its bytes and its CHECKSUM change; its rows stay the same.
+
+        ValueError for another kind or a malformed period.
+        """
+        if kind not in ARCHIVE_FAULTS:
+            raise ValueError(f"unknown archive fault {kind!r}: one of {', '.join(ARCHIVE_FAULTS)}")
+        period_days(period)
+        faults = self._archive_faults.setdefault((symbol, period), {})
+        once = kind in ("missing", "no_header", "shuffled")
+        faults[kind] = 1 if once else faults.get(kind, 0) + count
+
+    def archive_requests(self) -> list[str]:
+        """The decoded path of every request under /data/ (zip, CHECKSUM or unknown,
+        answered or not), oldest first."""
+        return list(self._archive_requests)
+
+    def _archive_file(self, path: str) -> tuple[int, str, bytes]:
+        """(status, Content-Type, body) of an archive request."""
+        self._archive_requests.append(path)
+        missing = 404, "application/xml", (_NO_SUCH_KEY % path.lstrip("/")).encode()
+        parsed = parse_archive_path(path)
+        archive = self._archives.get(parsed[0]) if parsed else None
+        if parsed is None or archive is None:
+            return missing
+        symbol, period, checksum = parsed
+        faults = self._archive_faults.get((symbol, period), {})
+        first, last = period_days(period)
+        today = datetime.datetime.fromtimestamp(self._clock(), datetime.UTC).date()
+        lo, hi = archive.span(first, last)
+        if lo >= hi or last > today - self._archive_lag or faults.get("missing"):
+            return missing
+        if faults.get("lagging"):
+            faults["lagging"] -= 1
+            return missing
+        name = f"{symbol}-aggTrades-{period}"
+        data = self._archive_zip(archive, name, (first, last), faults)
+        if checksum:
+            return 200, "text/plain", checksum_text(data, name + ".zip")
+        if faults.get("corrupt"):
+            faults["corrupt"] -= 1
+            data = damaged(data)
+        return 200, "application/zip", data
+
+    def _archive_zip(
+        self,
+        archive: _Archive,
+        name: str,
+        days: tuple[datetime.date, datetime.date],
+        faults: Mapping[str, int],
+    ) -> bytes:
+        """The zip `name`.zip of the archived trades from day to day, as `faults` make it;
+        the last one built is kept, for the download that follows its CHECKSUM."""
+        header = days[0] >= HEADER_SINCE and not faults.get("no_header")
+        shuffled, version = bool(faults.get("shuffled")), faults.get("replaced", 0)
+        key = (name, header, shuffled, version)
+        if self._last_zip[0] != key:
+            lines = [_CSV_ROW % row for row in archive.rows(*archive.span(*days))]
+            if shuffled:
+                random.Random(f"{name}/shuffled").shuffle(lines)  # noqa: S311 - reproducible
+            if header:
+                lines.insert(0, ARCHIVE_COLUMNS + "\n")
+            # Stamped at midnight after its last day, a minute later for each replacement.
+            built = datetime.datetime.combine(days[1], datetime.time()) + datetime.timedelta(
+                days=1, minutes=version
+            )
+            self._last_zip = key, zip_one(name + ".csv", "".join(lines).encode(), built)
+        return self._last_zip[1]
+
     # -- observations
 
     def connections(self, symbol: str) -> int:
@@ -728,6 +1064,7 @@ class FakeBinance:
             return []
         headers: list[tuple[str, str]] = []
         route = self._routes.get(path)
+        content_type = "application/json"
         if _REFUSED in environ:
             status, body = environ[_REFUSED], b""
         elif route is not None:
@@ -736,9 +1073,11 @@ class FakeBinance:
         elif path in (AGG_TRADES, EXCHANGE_INFO):
             query = _wsgi_text(environ.get("QUERY_STRING", ""))
             status, headers, body = self._rest(path, query)
+        elif path.startswith(ARCHIVE_PREFIX):
+            status, content_type, body = self._archive_file(path)
         else:
             status, body = 404, b""
-        headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        headers += [("Content-Type", content_type), ("Content-Length", str(len(body)))]
         start_response(_status_line(status), headers)
         return [body]
 
@@ -916,9 +1255,10 @@ class FakeBinance:
     def _agg_trades(self, query: dict[str, str]) -> tuple[int, bytes]:
         """GET /fapi/v1/aggTrades: oldest first from `fromId` inclusive, else the latest `limit`."""
         wanted = lower_ascii(query.get("symbol", ""))
-        market = next((m for s, m in self._markets.items() if lower_ascii(s) == wanted), None)
-        if market is None:
+        symbol = next((s for s in self._markets if lower_ascii(s) == wanted), None)
+        if symbol is None:
             return 400, _json({"code": -1121, "msg": "Invalid symbol."})
+        market = self._markets[symbol]
         try:
             limit = int(query.get("limit", DEFAULT_LIMIT))
             from_id = int(query["fromId"]) if "fromId" in query else None
@@ -929,9 +1269,29 @@ class FakeBinance:
             return 400, _json({"code": -1130, "msg": msg})
         oldest = market.next_id - self._retention if self._retention is not None else None
         if from_id is not None and oldest is not None and from_id < oldest:
-            msg = "Search window is restricted to recent 2 days only."
-            return 400, _json({"code": -4166, "msg": msg})
-        return 200, market.page(from_id, limit, oldest)
+            return 400, _TOO_OLD
+        archive = self._archives.get(symbol)
+        if archive is None or (from_id is not None and from_id >= archive.end_id):
+            return 200, market.page(from_id, limit, oldest)
+        return self._archived_trades(archive, market, from_id, limit, oldest)
+
+    def _archived_trades(
+        self, archive: _Archive, market: Tape, from_id: int | None, limit: int, oldest: int | None
+    ) -> tuple[int, bytes]:
+        """GET /fapi/v1/aggTrades over the archived trades, then the live tape's: -4166 for
+        a `fromId` older than `rest_window`; such trades are not among the latest either."""
+        cutoff = int((self._clock() - self._rest_window) * 1000)
+        recent = max(archive.first_since(cutoff), oldest or 0)
+        if from_id is None:
+            live = market.page(None, limit, oldest)
+            lo = max(archive.end_id - limit + len(json.loads(live)), recent)
+            return 200, _join_arrays(archive.rest_rows(lo, archive.end_id), live)
+        lo = max(from_id, archive.first_id)
+        if lo < recent:
+            return 400, _TOO_OLD
+        hi = min(lo + limit, archive.end_id)
+        live = market.page(archive.end_id, limit - (hi - lo), oldest) if hi - lo < limit else b"[]"
+        return 200, _join_arrays(archive.rest_rows(lo, hi), live)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -941,12 +1301,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=9443)
     parser.add_argument("--symbols", default="BTCUSDT,ETHUSDT", help="comma-separated")
     parser.add_argument("--rate", type=float, default=20.0, help="trades per second in all")
+    parser.add_argument(
+        "--archive-days", type=int, default=10, help="days before today in the archive, per symbol"
+    )
+    parser.add_argument(
+        "--archive-per-day", type=int, default=1000, help="archived trades a day, per symbol"
+    )
     args = parser.parse_args(argv)
     symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
     stopping = gevent.event.Event()
     with FakeBinance(args.host, args.port) as fake:
+        today = datetime.datetime.now(datetime.UTC).date()
+        if args.archive_days > 0:
+            start = today - datetime.timedelta(days=args.archive_days)
+            for symbol in symbols:
+                fake.archive(
+                    symbol, start, today - datetime.timedelta(days=1), args.archive_per_day
+                )
         fake.run_market(symbols, args.rate)
         print(f"BINANCE_WS_URL={fake.ws_url} BINANCE_REST_URL={fake.rest_url}", flush=True)
+        if args.archive_days > 0:
+            print(f"BINANCE_ARCHIVE_URL={fake.archive_url}", flush=True)
         watchers = [gevent.signal_handler(s, stopping.set) for s in (signal.SIGINT, signal.SIGTERM)]
         stopping.wait()
         for watcher in watchers:
