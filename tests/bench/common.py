@@ -80,21 +80,25 @@ def summary_ms(seconds) -> str:
     )
 
 
-def tree_state() -> str:
-    """The commit, and a digest of tickd/*.py as they are on disk (others may be editing)."""
+def tree_state(root: Path = ROOT) -> str:
+    """The commit, and a digest of tickd/*.py as they are on disk (others may be editing).
+    A tree that is not a git checkout (a `git archive`) has no commit: only the digest."""
 
     def git(*args: str) -> str:
         return subprocess.run(
-            ["git", "-C", ROOT, *args], check=False, capture_output=True, text=True
+            ["git", "-C", root, *args], check=False, capture_output=True, text=True
         ).stdout
 
-    commit = git("rev-parse", "--short", "HEAD").strip()
-    changed = git("status", "--short", "--", "tickd").split()[1::2]
+    commit, changed = "", []
+    if git("rev-parse", "--show-toplevel").strip() == str(root):
+        commit = git("rev-parse", "--short", "HEAD").strip()
+        changed = git("status", "--short", "--", "tickd").split()[1::2]
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "tickd").glob("*.py")):
+    for path in sorted((root / "tickd").glob("*.py")):
         digest.update(path.read_bytes())
     dirty = f", uncommitted: {' '.join(changed)}" if changed else ""
-    return f"commit {commit}{dirty}; tickd/*.py sha256 {digest.hexdigest()[:12]}"
+    where = f"commit {commit}{dirty}" if commit else f"{root} (no git)"
+    return f"{where}; tickd/*.py sha256 {digest.hexdigest()[:12]}"
 
 
 # -- temporary folders and processes --------------------------------------------------------
@@ -196,10 +200,15 @@ class Child:
 
 
 class Store(Child):
-    """The store (`variant.py`: `python -m tickd`, with patches if any) on a file in `folder`."""
+    """The store (`variant.py`: `python -m tickd`, with patches if any) on a file in `folder`;
+    with `tree`, the tickd of that source tree (another commit, `git archive`d) instead of
+    the repository's."""
 
-    def __init__(self, folder: Path, env: dict, *, name="store", patches=(), db_path=None):
+    def __init__(
+        self, folder: Path, env: dict, *, name="store", patches=(), db_path=None, tree=None
+    ):
         self.db_path = Path(db_path or folder / "ticks.db")
+        self.tree = Path(tree or ROOT).resolve()
         # variant.py with no patch is `python -m tickd` (monkey.patch_all, then
         # tickd.app.run(os.environ)) under a command line that does not say "tickd", so that
         # another program's `pkill -f "python -m tickd"` on this shared machine spares it.
@@ -208,6 +217,7 @@ class Store(Child):
             "DB_PATH": str(self.db_path),
             "HTTP_PORT": "0",
             "SETTINGS_POLL_INTERVAL": "1s",
+            "PYTHONPATH": str(self.tree),
         }
         super().__init__(argv, folder / f"{name}.log", env={**base, **env})
         self.port: int | None = None
@@ -215,6 +225,9 @@ class Store(Child):
     def start(self):
         super().start()
         self.port = int(self.wait_for_line(r"http listening port=(\d+)")[1])
+        found = Path(self.wait_for_line(r"variant: tickd from (\S+)")[1])
+        if found != self.tree / "tickd":
+            raise RuntimeError(f"the store imported {found}, not {self.tree / 'tickd'}")
         return self
 
     def url(self, path: str = "/status") -> str:

@@ -17,6 +17,10 @@ table is checked against what the exchange made.
 For the store only, after the window and under the same load: /status requested every 50 ms
 (its latency: part `hub`), and, when part `profile` is on, a py-spy record (see hotspots.py).
 Part `hub` also runs tests/bench/hub.py (another program holding the write lock) at this load.
+
+`run.py realistic --also-tree DIR=NAME` adds the subject `store@NAME` right after `store`: the
+store of another source tree (`git archive COMMIT | tar -x -C DIR`), measured the same way,
+/status included, for a before/after in one run.
 """
 
 import re
@@ -42,6 +46,7 @@ from common import (
     stored,
     summary_ms,
     symbol_names,
+    tree_state,
     workdir,
 )
 
@@ -50,6 +55,11 @@ RATE = 2000.0
 SUBJECTS = ("store", "naive", "cryptofeed")
 STATUS_UNDER_LOAD: list[float] = []  # seconds per /status request, filled by the store's run
 PROFILES: list[str] = []  # py-spy records of the store's run, when asked for
+
+
+def is_store(subject: str) -> bool:
+    """`store`, or `store@NAME`: the store of another source tree."""
+    return subject.partition("@")[0] == "store"
 
 
 def create_tables(db_path: Path, symbols) -> None:
@@ -63,11 +73,13 @@ def create_tables(db_path: Path, symbols) -> None:
         conn.close()
 
 
-def subject_process(subject: str, folder: Path, exchange: Exchange, symbols, patches=()):
+def subject_process(
+    subject: str, folder: Path, exchange: Exchange, symbols, patches=(), *, tree=None
+):
     """The recorder `subject` as a Child (not started), and its database path."""
-    if subject == "store":
+    if is_store(subject):
         env = {"BINANCE_WS_URL": exchange.ws_url, "BINANCE_REST_URL": exchange.rest_url}
-        store = Store(folder, env, patches=patches)
+        store = Store(folder, env, patches=patches, tree=tree)
         return store, store.db_path
     db_path = folder / "ticks.db"
     create_tables(db_path, symbols)
@@ -90,14 +102,15 @@ def measure(
     status_seconds: float = 0.0,
     profile_seconds: float = 0.0,
     rate: float = RATE,
+    tree=None,
 ) -> dict:
-    """One subject under the paced load; its figures as a dict."""
+    """One subject under the paced load; its figures as a dict. `tree`: a store's source."""
     symbols = symbol_names(SYMBOLS)
     label = subject + (f" +{'+'.join(patches)}" if patches else "")
     with workdir(f"load-{subject}") as folder, Exchange(folder, SYMBOLS) as exchange:
-        proc, db_path = subject_process(subject, folder, exchange, symbols, patches)
+        proc, db_path = subject_process(subject, folder, exchange, symbols, patches, tree=tree)
         with proc:
-            if subject == "store":
+            if is_store(subject):
                 proc.enable(symbols)
             connect = exchange.wait_subscribed(SYMBOLS, 90, proc)
             exchange.call("paced", rate=rate)
@@ -115,10 +128,11 @@ def measure(
             rows1, cpu1, wall1 = count(), proc.cpu(), time.monotonic()
             if profile_seconds:
                 PROFILES.append(peers.py_spy(proc.pid, profile_seconds, folder))
+            status = []
             if status_seconds:
-                STATUS_UNDER_LOAD.extend(
-                    sample_while(status_seconds, 0.05, lambda: get_seconds(proc.url()))
-                )
+                status = sample_while(status_seconds, 0.05, lambda: get_seconds(proc.url()))
+                if subject == "store":
+                    STATUS_UNDER_LOAD.extend(status)
             exchange.call("paced", rate=0)
             time.sleep(2.0)
             counts = exchange.call("counts")
@@ -148,6 +162,7 @@ def measure(
         "kept": kept,
         "wrong": wrong,
         "connect": connect,
+        "status": status,
     }
     say(
         f"{label}: {result['ticks_per_s']:.0f} ticks/s, {result['us_per_tick']:.1f} µs/tick, "
@@ -157,28 +172,33 @@ def measure(
     return result
 
 
-def run(quick: bool, profile: bool = False) -> dict:
+def run(quick: bool, profile: bool = False, trees: dict | None = None) -> dict:
+    """`trees`: {name: folder} of other source trees whose store runs too, as `store@name`."""
     window = 60.0 if quick else 120.0
+    trees = {f"store@{name}": Path(folder) for name, folder in (trees or {}).items()}
+    subjects = (SUBJECTS[0], *trees, *SUBJECTS[1:])
     say(
         f"realistic: {SYMBOLS} symbols, {RATE:g} ticks/s, {window:g} s window per subject: "
-        + ", ".join(SUBJECTS)
+        + ", ".join(subjects)
     )
+    for subject, folder in trees.items():
+        say(f"realistic: {subject} is {tree_state(folder)}")
     results = {}
     for name in ("naive", "cryptofeed", *(("pyspy",) if profile else ())):
         peers.venv(name)  # installed before any load runs
-    for subject in SUBJECTS:
+    for subject in subjects:
         try:
             results[subject] = measure(
                 subject,
                 window,
-                status_seconds=(5.0 if quick else 20.0) if subject == "store" else 0.0,
+                status_seconds=(5.0 if quick else 20.0) if is_store(subject) else 0.0,
                 profile_seconds=(8.0 if quick else 20.0) if subject == "store" and profile else 0,
+                tree=trees.get(subject),
             )
         except Exception as exc:  # a peer that cannot run is reported, the others still are
             say(f"realistic: {subject} failed: {exc!r}")
             results[subject] = None
-    store = results["store"]
-    for subject in SUBJECTS:
+    for subject in subjects:
         r = results[subject]
         if r is None:
             figure(f"realistic {subject}", "failed", "", "see the log above")
@@ -203,12 +223,14 @@ def run(quick: bool, profile: bool = False) -> dict:
             "",
             f"{r['wrong']} tables off",
         )
-    if store:
-        for peer in ("naive", "cryptofeed"):
-            if results[peer]:
-                ratio = store["us_per_tick"] / results[peer]["us_per_tick"]
+        if r["status"] and subject != "store":
+            figure(f"realistic {subject}: /status under the load", summary_ms(r["status"]))
+    for store in (s for s in subjects if is_store(s) and results[s]):
+        for peer in (*trees, "naive", "cryptofeed"):
+            if peer != store and results[peer]:
+                ratio = results[store]["us_per_tick"] / results[peer]["us_per_tick"]
                 target = " (target <= 0.6)" if peer == "naive" else ""
-                figure(f"realistic: CPU per tick, store / {peer}{target}", round(ratio, 2), "x")
+                figure(f"realistic: CPU per tick, {store} / {peer}{target}", round(ratio, 2), "x")
     if STATUS_UNDER_LOAD:
         figure("hub: /status under the realistic load", summary_ms(STATUS_UNDER_LOAD))
     return results

@@ -9,6 +9,11 @@ waits for the store's connection-attempt limit). --quick shortens every part to 
 of a few minutes: 1-minute load windows, 300 idle symbols, 2 M rows instead of 20 M, no
 lock measurement, no variants of the profile.
 
+--also-tree DIR=NAME (repeatable) adds to `realistic` the store of another source tree, as the
+subject `store@NAME` measured right after `store` on the same load, for a before/after in one
+run: `git -C . archive 66271f8 | tar -x -C /tmp/bench-before`, then
+`run.py realistic --also-tree /tmp/bench-before=before`.
+
 The store (`python -m tickd`), the exchange (`exchange.py`) and the peers run as child
 processes; each part stops every process it started and removes its temporary folder, also
 when it fails. Peers and py-spy are installed into their own virtualenvs under /tmp, never into
@@ -22,6 +27,7 @@ import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 
 import backfill
 import common
@@ -35,12 +41,12 @@ import scale
 PARTS = ("limit", "ingest", "realistic", "idle", "hub", "status", "disk", "repair", "profile")
 
 
-def call(part: str, quick: bool, results: dict, parts=()) -> None:
+def call(part: str, quick: bool, results: dict, parts=(), trees=None) -> None:
     """Run one part; a failure is printed and recorded as None, and the next part still runs."""
     jobs = {
         "limit": lambda: limit.run(quick),
         "ingest": lambda: ingest.run(quick),
-        "realistic": lambda: load.run(quick, profile="profile" in parts),
+        "realistic": lambda: load.run(quick, profile="profile" in parts, trees=trees),
         "idle": lambda: idle.run(quick),
         "hub": lambda: load.hub(quick),
         "status+disk": lambda: scale.run(quick, "status" in parts, "disk" in parts),
@@ -60,12 +66,27 @@ def call(part: str, quick: bool, results: dict, parts=()) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few minutes")
+    parser.add_argument(
+        "--also-tree",
+        action="append",
+        default=[],
+        metavar="DIR=NAME",
+        help="realistic: also the store of the source tree DIR, as store@NAME",
+    )
     parser.add_argument("parts", nargs="*", metavar="PART", help=", ".join(PARTS))
     args = parser.parse_args()
+    trees = {}
+    for spec in args.also_tree:
+        folder, _, name = spec.rpartition("=")
+        if not (folder and name and (Path(folder) / "tickd" / "app.py").is_file()):
+            parser.error(f"--also-tree {spec}: wanted DIR=NAME, DIR holding tickd/app.py")
+        trees[name] = Path(folder).resolve()
     unknown = set(args.parts) - set(PARTS)
     if unknown:
         parser.error(f"unknown {', '.join(sorted(unknown))}; parts are {', '.join(PARTS)}")
     parts = [p for p in PARTS if p in args.parts] or list(PARTS)
+    if trees and "realistic" not in parts:
+        parser.error("--also-tree applies to the part realistic only")
     # 1,000 idle connections, in the store and in the exchange, need more than 1,024 files.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
@@ -87,7 +108,7 @@ def main() -> int:
             continue  # done with status, on the same generated file
         name = "status+disk" if part in ("status", "disk") else part
         if name != "idle" or background is None:
-            call(name, args.quick, results, parts)
+            call(name, args.quick, results, parts, trees)
     if background is not None:
         background.join()
     common.say(f"all done in {(time.monotonic() - started) / 60:.1f} min")

@@ -141,6 +141,8 @@ def main() -> int:
         except (AttributeError, ImportError) as exc:
             print(f"variant {name} does not apply to this tickd: {exc}", flush=True)
             return 3
+    # Which tickd runs: the bench checks it (a Store may run another tree's, on PYTHONPATH).
+    print(f"variant: tickd from {os.path.dirname(os.path.realpath(database.__file__))}", flush=True)
     return run(os.environ, sys.stdout)
 
 
