@@ -8,7 +8,7 @@ PY        := $(VENV)/bin/python
 COMPOSE   ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
 .PHONY: build run stop status logs install test lock fake bench bench-hub reliability soak \
-	symbols symbol-add symbol-enable symbol-disable symbol-remove backup export
+	symbols symbol-add symbol-enable symbol-disable symbol-remove backup export import
 
 ## build: build the Docker image
 build:
@@ -81,11 +81,11 @@ soak: install
 	RELIABILITY_SOAK=1800 $(PY) -m pytest -p no:cacheprovider -o timeout=3600 -v \
 		tests/reliability/test_soak.py
 
-# Symbol management, backups and exports: plain SQL through tickd.admin, with the local
-# virtualenv if there is one (on DB_PATH, default ./.data/ticks.db), else inside the running
-# container (on its database). With neither a virtualenv nor Docker Compose they say what to
-# do and fail. Arguments come from the environment (SYMBOL, DAY, OUT) and are passed as
-# single arguments, never pasted into SQL.
+# Symbol management, backups, exports and the history import: plain SQL through tickd.admin,
+# with the local virtualenv if there is one (on DB_PATH, default ./.data/ticks.db), else
+# inside the running container (on its database). With neither a virtualenv nor Docker
+# Compose they say what to do and fail. Arguments come from the environment (SYMBOL, DAY,
+# OUT, FROM, TO) and are passed as single arguments, never pasted into SQL.
 NO_ADMIN = printf '%s\n' "no $(PY) and no working Docker Compose ($(COMPOSE)): run 'make install' for a local virtualenv, or 'make run' to start the store in Docker" >&2; exit 1
 IN_CONTAINER = { $(COMPOSE) version >/dev/null 2>&1 || { $(NO_ADMIN); }; } && \
 	$(COMPOSE) exec -T tick-store python -m tickd.admin
@@ -119,3 +119,9 @@ backup:
 ## export SYMBOL=BTCUSDT DAY=2026-11-30 [OUT=file.csv]: one UTC day of ticks as CSV
 export:
 	@$(ADMIN) export "$$SYMBOL" "$$DAY" $${OUT:+"$$OUT"}
+
+## import SYMBOL=BTCUSDT FROM=2025-01-01 [TO=2025-06-30]: every trade of those UTC days (TO
+## included; default: up to the ticks the store has streamed) from Binance's public archive,
+## then REST; safe beside the running store, and resumable: run it again after a failure
+import:
+	@$(ADMIN) import "$$SYMBOL" "$$FROM" $${TO:+"$$TO"}

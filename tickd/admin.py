@@ -1,4 +1,5 @@
-"""`python -m tickd.admin`: symbol settings, online backups and CSV day exports, from the shell."""
+"""`python -m tickd.admin`: symbol settings, online backups, CSV day exports and the history
+import, from the shell."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from typing import NamedTuple, TextIO
 from urllib.error import HTTPError, URLError
 from urllib.request import pathname2url, urlopen
 
-from . import config, database, symbols
+from . import config, database, history, symbols
+from .limits import WeightLimiter
+from .rest import Rest, tls_context
 from .settings import read_rows
 from .text import iso_time, name_column, quoted, symbol_line
 
@@ -83,7 +86,8 @@ def main(
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tickd.admin",
-        description="Manage the store's symbols, back up its database, export ticks. "
+        description="Manage the store's symbols, back up its database, export ticks, "
+        "import history. "
         "The database is DB_PATH (default ./.data/ticks.db); it must exist. "
         "`add` checks that Binance (BINANCE_REST_URL) lists the symbol.",
     )
@@ -111,6 +115,21 @@ def _parser() -> argparse.ArgumentParser:
     command.add_argument("day", metavar="DAY", help="YYYY-MM-DD, in UTC")
     command.add_argument("out", metavar="OUT", nargs="?", help="default: standard output")
     command.set_defaults(run=export)
+    command = commands.add_parser(
+        "import",
+        help="fill a symbol's table with every trade from a UTC day on: Binance's public "
+        "archive (BINANCE_ARCHIVE_URL), then REST; resumable",
+    )
+    command.add_argument("symbol", metavar="SYMBOL")
+    command.add_argument("first", metavar="FROM", help="YYYY-MM-DD, the first UTC day")
+    command.add_argument(
+        "last",
+        metavar="TO",
+        nargs="?",
+        help="YYYY-MM-DD, the last UTC day, included (default: up to the ticks the store "
+        "has streamed, or REST's latest trade)",
+    )
+    command.set_defaults(run=import_history)
     return parser
 
 
@@ -378,6 +397,55 @@ def _new_file(path: str, mode: str, **options) -> Iterator:
     except BaseException:
         os.remove(path)
         raise
+
+
+# -- history import ----------------------------------------------------------------------
+
+
+def import_history(run: Run, args: argparse.Namespace) -> None:
+    symbol = _symbol(args.symbol)
+    today = datetime.datetime.now(datetime.UTC).date()
+    first = _day("FROM", args.first, today)
+    last = None if args.last is None else _day("TO", args.last, today)
+    if last is not None and first > last:
+        raise Failure(f"FROM {first} is after TO {last}", 2)
+    # WAL without an fsync per commit, as the store writes: a crash loses nothing the
+    # rerun does not fetch again.
+    run.conn.execute("PRAGMA synchronous = NORMAL")
+    # Not gevent-patched: the limiter's waits must block this process, not a hub.
+    weight = WeightLimiter(run.cfg.rest_weight, sleep=time.sleep)
+    rest = Rest(run.cfg.rest_url, weight, concurrency=1, ssl_context=tls_context())
+    progress = history.Progress(run.err, symbol, 0)
+    importer = history.Importer(
+        run.conn,
+        symbol,
+        first,
+        last,
+        db_path=run.cfg.db_path,
+        archive_url=run.cfg.archive_url,
+        rest=rest,
+        progress=progress,
+    )
+    try:
+        report = importer.run()
+    except KeyboardInterrupt:
+        progress.close()
+        raise Failure(
+            "interrupted; everything stored stays: run the same command again to go on", 130
+        ) from None
+    if not report.complete:
+        raise Failure(report.failure())
+    print(report.summary(), file=run.out)
+
+
+def _day(name: str, text: str, today: datetime.date) -> datetime.date:
+    try:
+        day = history.parse_day(text)
+    except ValueError:
+        raise Failure(f"invalid {name} {text!r}: use YYYY-MM-DD (a UTC day)", 2) from None
+    if day > today:
+        raise Failure(f"{name} {day} is in the future (today is {today}, UTC)", 2)
+    return day
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ class Config:
     http_port: int = 8080
     ws_url: str = "wss://fstream.binance.com/market/ws"
     rest_url: str = "https://fapi.binance.com"
+    archive_url: str = "https://data.binance.vision"  # the history import's public archive
     poll_interval: float = 60.0
     stale_timeout: float = 300.0
     max_age: float = 23 * 3600.0 + 50 * 60.0
@@ -101,6 +102,7 @@ _FIELDS = {
     "HTTP_PORT": ("http_port", _port),
     "BINANCE_WS_URL": ("ws_url", _url("ws", "wss")),
     "BINANCE_REST_URL": ("rest_url", _url("http", "https")),
+    "BINANCE_ARCHIVE_URL": ("archive_url", _url("http", "https")),
     "SETTINGS_POLL_INTERVAL": ("poll_interval", _positive_duration),
     "STREAM_STALE_TIMEOUT": ("stale_timeout", _positive_duration),
     "STREAM_MAX_AGE": ("max_age", _positive_duration),

@@ -14,7 +14,9 @@ WAL checkpoints, which fsync, run on a second connection in gevent's thread pool
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -140,6 +142,253 @@ def backup(conn: sqlite3.Connection, path: str) -> list[str]:
         conn.backup(copy)
         copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
         return [row[0] for row in copy.execute("PRAGMA integrity_check")]
+
+
+# -- the history import (tickd.history, run by tickd.admin) ------------------------------
+
+HISTORY_DDL = (
+    "CREATE TABLE IF NOT EXISTS history_import (\n"
+    "    symbol   TEXT NOT NULL,\n"
+    "    period   TEXT NOT NULL,\n"
+    "    first_id INTEGER NOT NULL,\n"
+    "    last_id  INTEGER NOT NULL,\n"
+    "    source   TEXT NOT NULL,\n"
+    "    sha256   TEXT,\n"
+    "    PRIMARY KEY (symbol, period)\n"
+    ")"
+)
+# The store waits for the write lock in steps that double up to 100 ms (Handle.run): a pause
+# longer than that lets every writer in that has been waiting, whatever its step.
+STORE_RETRY_STEP = 0.1
+
+
+def create_prices(conn: sqlite3.Connection, symbol: str) -> None:
+    """Create `prices_<symbol>` and its timestamp index if missing, as the store does, and the
+    history import's own table. Run it inside `transaction`."""
+    table = quote("prices_" + symbol)
+    conn.execute(PRICES_DDL.format(table=table))
+    conn.execute(INDEX_DDL.format(index=quote(f"idx_prices_{symbol}_timestamp"), table=table))
+    conn.execute(HISTORY_DDL)
+
+
+def tick_before(conn: sqlite3.Connection, symbol: str, ms: int) -> tuple[int, int] | None:
+    """(id, timestamp) of the last stored tick traded before `ms`; one step down the
+    timestamp index (which ends in the id)."""
+    return conn.execute(
+        f"SELECT id, timestamp FROM {quote('prices_' + symbol)} "
+        "WHERE timestamp < ? ORDER BY timestamp DESC, id DESC LIMIT 1",
+        (ms,),
+    ).fetchone()
+
+
+def tick_since(conn: sqlite3.Connection, symbol: str, ms: int) -> tuple[int, int] | None:
+    """(id, timestamp) of the first stored tick traded at `ms` or later."""
+    return conn.execute(
+        f"SELECT id, timestamp FROM {quote('prices_' + symbol)} "
+        "WHERE timestamp >= ? ORDER BY timestamp, id LIMIT 1",
+        (ms,),
+    ).fetchone()
+
+
+def tick_at(conn: sqlite3.Connection, symbol: str, trade_id: int) -> tuple[int, int] | None:
+    """(id, timestamp) of the stored tick with that id, None if there is none."""
+    return conn.execute(
+        f"SELECT id, timestamp FROM {quote('prices_' + symbol)} WHERE id = ?", (trade_id,)
+    ).fetchone()
+
+
+def last_tick(conn: sqlite3.Connection, symbol: str) -> tuple[int, int] | None:
+    """(id, timestamp) of the stored tick with the highest id, None if the table is empty."""
+    return conn.execute(
+        f"SELECT id, timestamp FROM {quote('prices_' + symbol)} ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+
+
+def count_ids(conn: sqlite3.Connection, symbol: str, first: int, last: int) -> int:
+    """How many ids from `first` to `last` (both included) are stored: a range of the
+    primary key, counted in SQLite. Equal to last - first + 1 when none is missing."""
+    return conn.execute(
+        f"SELECT count(*) FROM {quote('prices_' + symbol)} WHERE id BETWEEN ? AND ?",
+        (first, last),
+    ).fetchone()[0]
+
+
+def missing_ids(
+    conn: sqlite3.Connection, symbol: str, first: int, last: int, chunk: int = 20_000
+) -> Iterator[tuple[int, int]]:
+    """The ranges (from, to, both included) of ids from `first` to `last` that are not
+    stored, in order, by walking the primary key `chunk` ids at a time (as Database.holes
+    does); each chunk's cursor is closed before its ranges are yielded, so the caller may
+    write between them."""
+    table = quote("prices_" + symbol)
+    sql = f"SELECT id FROM {table} WHERE id >= ? AND id <= ? ORDER BY id LIMIT ?"
+    previous = first - 1
+    while True:
+        found, count = [], 0
+        for (current,) in conn.execute(sql, (previous + 1, last, chunk)):
+            if current > previous + 1:
+                found.append((previous + 1, current - 1))
+            previous, count = current, count + 1
+        yield from found
+        if count < chunk:
+            break
+    if previous < last:
+        yield previous + 1, last
+
+
+def imported(conn: sqlite3.Connection, symbol: str, period: str) -> tuple[int, int] | None:
+    """(first id, last id) recorded by `record_import` for `period` of `symbol`, None if
+    there is none (or no history_import table)."""
+    if not has_table(conn, "history_import"):
+        return None
+    return conn.execute(
+        "SELECT first_id, last_id FROM history_import WHERE symbol = ? AND period = ?",
+        (symbol, period),
+    ).fetchone()
+
+
+def record_import(
+    conn: sqlite3.Connection,
+    symbol: str,
+    period: str,
+    ids: tuple[int, int],
+    *,
+    source: str,
+    sha256: str | None = None,
+) -> None:
+    """Note that every id of `period` (a UTC day `YYYY-MM-DD` or month `YYYY-MM`) of
+    `symbol`, `ids` = (first, last), is stored, and where they came from."""
+    with transaction(conn):
+        conn.execute(
+            "INSERT OR REPLACE INTO history_import "
+            "(symbol, period, first_id, last_id, source, sha256) VALUES (?, ?, ?, ?, ?, ?)",
+            (symbol, period, *ids, source, sha256),
+        )
+
+
+class Pacer:
+    """Writes ticks into `prices_<symbol>` on a plain connection (busy timeout about 5 s)
+    in transactions of about `seconds` each (time-bounded), beside another program (the
+    store) that writes the same file, and gives way to it.
+
+    The store waits for the lock cooperatively, retrying after 1 ms, then 2, 4 ... up to
+    STORE_RETRY_STEP, for 5 s before it skips a tick (Handle.run). So:
+
+    - while another connection has committed within the last `quiet` seconds (PRAGMA
+      data_version), each pause is as long as the transaction before it: a write that
+      began waiting during it retries within that time, and the store keeps up to about
+      half the file's write capacity (the import then runs at about half speed);
+    - otherwise the pause is `pause`, and after each `idle` seconds of holding the lock
+      STORE_RETRY_STEP and a half, longer than the store's slowest retry step: a store
+      that starts writing waits at most about `idle` seconds before it is seen.
+
+    A lock held by another program past the busy timeout is waited for again, for
+    `lock_wait` seconds in all, then raises. Ticks already stored are ignored (INSERT OR
+    IGNORE), in any order.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_conn",
+        "_held",
+        "_others",
+        "_sleep",
+        "_sql",
+        "_version",
+        "chunk",
+        "idle",
+        "lock_wait",
+        "pause",
+        "quiet",
+        "seconds",
+    )
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        symbol: str,
+        *,
+        seconds: float = 0.05,
+        pause: float = 0.001,
+        idle: float = 2.5,
+        quiet: float = 5.0,
+        chunk: int = 1000,
+        lock_wait: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] = time.sleep,
+    ):
+        self._conn = conn
+        self._sql = f"INSERT OR IGNORE INTO {quote('prices_' + symbol)} VALUES (?, ?, ?)"
+        self.seconds, self.pause, self.chunk, self.lock_wait = seconds, pause, chunk, lock_wait
+        self.idle, self.quiet = idle, quiet
+        self._clock, self._sleep = clock, sleep
+        self._held = 0.0  # seconds the lock was held since the last long pause
+        self._version = self._data_version()
+        self._others = -math.inf  # when another connection was last seen committing
+
+    def write(
+        self,
+        ticks: Iterable[tuple[int, int, float]],
+        progress: Callable[[int, tuple | None], object] | None = None,
+    ) -> int:
+        """Store `ticks` (id, timestamp, price), taken from the iterable inside our
+        transactions (so it must not wait for the network); returns how many it gave.
+        `progress(given, last tick)` is called after each commit. Raises sqlite3.Error; an
+        exception of the iterable rolls back only the ticks of the transaction it met."""
+        source, sql, chunk, clock = iter(ticks), self._sql, self.chunk, self._clock
+        given, more = 0, True
+        while more:
+            self._begin()
+            start = clock()
+            try:
+                while True:
+                    batch = list(itertools.islice(source, chunk))
+                    if batch:
+                        self._conn.executemany(sql, batch)
+                        given += len(batch)
+                    if len(batch) < chunk:
+                        more = False
+                        break
+                    if clock() - start >= self.seconds:
+                        break
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            if progress is not None:
+                progress(given, batch[-1] if batch else None)
+            self._rest(clock() - start)
+        return given
+
+    def _begin(self) -> None:
+        deadline = self._clock() + self.lock_wait
+        while True:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")  # waits up to the busy timeout
+                return
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc) or self._clock() > deadline:
+                    raise
+            self._sleep(self.pause)
+
+    def _data_version(self) -> int:
+        return self._conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def _rest(self, held: float) -> None:
+        now, version = self._clock(), self._data_version()
+        if version != self._version:  # another connection committed since we last looked
+            self._version, self._others = version, now
+        if now - self._others < self.quiet:
+            self._held = 0.0
+            self._sleep(held + 2 * self.pause)  # a retry step may come late by a timer's slack
+            return
+        self._held += held
+        if self._held >= self.idle:
+            self._held = 0.0
+            self._sleep(STORE_RETRY_STEP * 1.5)
+        else:
+            self._sleep(self.pause)
 
 
 class _Tables:
