@@ -200,3 +200,12 @@ class Lines(logging.Handler):
 
     def find(self, text):
         return next((line for line in self.lines if text in line), None)
+
+
+def query(path, sql, params=()):
+    """Rows of `sql` on the database at `path`, as another program reads them."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()

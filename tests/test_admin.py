@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import pytest
 
-from helpers import ROOT, wait_for
+from helpers import ROOT, query, wait_for
 from tickd import admin
 from tickd.database import INDEX_DDL, PRICES_DDL, SETTINGS_DDL, quote
 from tickd.text import iso_time, quoted
@@ -48,14 +48,6 @@ def make_db(path, settings=(), ticks=None):
     finally:
         conn.close()
     return str(path)
-
-
-def query(path, sql, params=()):
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def settings(path):

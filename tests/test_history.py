@@ -19,7 +19,7 @@ import zipfile
 import gevent
 import pytest
 
-from helpers import ROOT, enable, rows, wait_for
+from helpers import ROOT, enable, query, rows, wait_for
 from tickd import admin, history
 from tickd.config import ConfigError, load
 from tickd.database import SETTINGS_DDL, Database, quote
@@ -43,14 +43,6 @@ def make_db(path):
     finally:
         conn.close()
     return str(path)
-
-
-def query(path, sql, params=()):
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def execute(path, sql, params=()):
