@@ -382,10 +382,11 @@ def test_a_missing_first_day_is_reported_even_without_a_hole_to_show_it(tmp_path
     )
 
 
-def test_a_recent_missing_or_late_day_comes_from_rest(tmp_path, fake):
+@pytest.mark.parametrize("kind", ["missing", "lagging"])
+def test_a_recent_missing_or_late_day_comes_from_rest(tmp_path, fake, kind):
     today = utc_today()
     fake.archive("BTCUSDT", today - 4 * DAY, today - DAY, per_day=1500)
-    fake.archive_fault("missing", "BTCUSDT", (today - DAY).isoformat())
+    fake.archive_fault(kind, "BTCUSDT", (today - DAY).isoformat(), count=5)
     fake.trade("BTCUSDT")  # today's: REST shows that yesterday is over
     db = make_db(tmp_path / "ticks.db")
     status, out, err = run(db, fake, "BTCUSDT", (today - 4 * DAY).isoformat())

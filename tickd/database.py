@@ -1,5 +1,6 @@
 """All SQL: the store's one SQLite connection (`Database`), the schema, tick writes, the
-reads of the status page, and the statements `tickd.admin` runs on a plain connection.
+reads of the status page, and the statements `tickd.admin` runs on a plain connection,
+the history import's among them (its paced bulk writes, `Pacer`, and the id checks).
 
 The module-level functions take any connection opened with `isolation_level=None`; they
 wait in SQLite as long as that connection's busy timeout says (admin's waits, the store's
