@@ -75,6 +75,14 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
     block, if the write lock cannot be had), COMMIT after it, ROLLBACK if anything raises,
     COMMIT included; a transaction SQLite has already rolled back is left as it is."""
     conn.execute("BEGIN IMMEDIATE")
+    with committed(conn):
+        yield
+
+
+@contextlib.contextmanager
+def committed(conn: sqlite3.Connection) -> Iterator[None]:
+    """COMMIT the transaction already begun after the block; ROLLBACK if anything raises,
+    COMMIT included (a transaction SQLite has already rolled back is left as it is)."""
     try:
         yield
         conn.execute("COMMIT")
@@ -341,7 +349,7 @@ class Pacer:
         while more:
             self._begin()
             start = clock()
-            try:
+            with committed(self._conn):
                 while True:
                     batch = list(itertools.islice(source, chunk))
                     if batch:
@@ -352,11 +360,6 @@ class Pacer:
                         break
                     if clock() - start >= self.seconds:
                         break
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
             if progress is not None:
                 progress(given, batch[-1] if batch else None)
             self._rest(clock() - start)
