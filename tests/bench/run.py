@@ -3,10 +3,10 @@
     make bench                                   # everything (about 25 minutes)
     PYTHONPATH=. .venv/bin/python tests/bench/run.py [--quick] [PART ...]
 
-PART is any of: limit, ingest, realistic, idle, hub, status, disk, repair, profile (default:
-all of them, in that order; `idle` runs in the background beside the others, since it mostly
-waits for the store's connection-attempt limit). --quick shortens every part to a smoke run
-of a few minutes: 1-minute load windows, 300 idle symbols, 2 M rows instead of 20 M, no
+PART is any of: limit, ingest, realistic, idle, hub, status, disk, repair, import, profile
+(default: all of them, in that order; `idle` runs in the background beside the others, since
+it mostly waits for the store's connection-attempt limit). --quick shortens every part to a
+smoke run of a few minutes: 1-minute load windows, 300 idle symbols, 2 M rows instead of 20 M, no
 lock measurement, no variants of the profile.
 
 --also-tree DIR=NAME (repeatable) adds to `realistic` the store of another source tree, as the
@@ -33,12 +33,24 @@ import backfill
 import common
 import hotspots
 import idle
+import importer
 import ingest
 import limit
 import load
 import scale
 
-PARTS = ("limit", "ingest", "realistic", "idle", "hub", "status", "disk", "repair", "profile")
+PARTS = (
+    "limit",
+    "ingest",
+    "realistic",
+    "idle",
+    "hub",
+    "status",
+    "disk",
+    "repair",
+    "import",
+    "profile",
+)
 
 
 def call(part: str, quick: bool, results: dict, parts=(), trees=None) -> None:
@@ -51,6 +63,7 @@ def call(part: str, quick: bool, results: dict, parts=(), trees=None) -> None:
         "hub": lambda: load.hub(quick),
         "status+disk": lambda: scale.run(quick, "status" in parts, "disk" in parts),
         "repair": lambda: backfill.run(quick),
+        "import": lambda: importer.run(quick),
         "profile": lambda: hotspots.run(quick),
     }
     start = time.monotonic()
