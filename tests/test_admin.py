@@ -434,7 +434,11 @@ def test_commands_against_a_running_store(fake, make_store, tmp_path):
     for _, ms, price in TICKS:
         fake.trade("BTCUSDT", price=format(Decimal(repr(price)), "f"), time_ms=ms)
     wait_for(lambda: len(store.rows("BTCUSDT")) == len(TICKS), 5, "the ticks to be stored")
-    assert cli(store.db_path, "symbols").stdout == "SYMBOL      STATE\nBTCUSDT     on\n"
+    first, last = store.rows("BTCUSDT")[0], store.rows("BTCUSDT")[-1]
+    assert cli(store.db_path, "symbols").stdout == (
+        "SYMBOL      STATE\nBTCUSDT     on      complete since "
+        f"{iso_time(first[1])} (ids {first[0]}-{last[0]})\n"
+    )
 
     done = cli(store.db_path, "export", "BTCUSDT", DAY)
     assert done.returncode == 0

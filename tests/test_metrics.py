@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import wait_for
 from tickd import metrics
+from tickd.coverage import Run
 from tickd.ledger import Ranges as Gaps
 from tickd.limits import WeightLimiter
 from tickd.repair import Stats
@@ -31,13 +32,16 @@ def fake_stream(trades=0, connected=True, reconnects=0, last_timestamp=None, que
     )
 
 
-def collector(streams, *, weight=None, attempts=0, db_path="/nonexistent/ticks.db", latency=None):
+def collector(
+    streams, *, weight=None, attempts=0, db_path="/nonexistent/ticks.db", latency=None, runs=None
+):
     return metrics.StoreCollector(
         streams=lambda: streams,
         weight=weight or WeightLimiter(1200, clock=lambda: MINUTE),
         attempts=SimpleNamespace(total=attempts),
         db=SimpleNamespace(path=db_path, write_latency=latency or metrics.Latency((0.001, 0.01))),
         uptime=lambda: 90.5,
+        runs=lambda: runs or {},
     )
 
 
@@ -148,6 +152,15 @@ def test_no_symbol_can_forge_a_series(symbol):
     assert not any("forged" in name for name in types)
     received = [key for key in samples if key[0] == "tickstore_ticks_received_total"]
     assert len(received) == 2
+
+
+def test_metrics_say_since_when_each_table_is_complete():
+    samples, types = scrape(collector({}, runs={"BTCUSDT": Run(12, 1_735_689_600_123, 99)}))
+    assert samples[("tickstore_complete_since_id", sym("BTCUSDT"))] == 12
+    assert samples[("tickstore_complete_since_timestamp_seconds", sym("BTCUSDT"))] == (
+        1_735_689_600.123
+    )
+    assert types["tickstore_complete_since_id"] == "gauge"
 
 
 def test_the_registry_adds_process_and_platform_collectors():

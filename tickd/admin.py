@@ -19,7 +19,7 @@ from typing import NamedTuple, TextIO
 from urllib.error import HTTPError, URLError
 from urllib.request import pathname2url, urlopen
 
-from . import config, database, history, symbols
+from . import archive, config, database, history, symbols
 from .limits import WeightLimiter
 from .rest import Rest, tls_context
 from .settings import read_rows
@@ -129,6 +129,12 @@ def _parser() -> argparse.ArgumentParser:
         help="YYYY-MM-DD, the last UTC day, included (default: up to the ticks the store "
         "has streamed, or REST's latest trade)",
     )
+    command.add_argument(
+        "--recheck",
+        action="store_true",
+        help="fetch the CHECKSUM of each file stored earlier again: a file Binance has "
+        "replaced since is downloaded again and its rows replace the stored ones",
+    )
     command.set_defaults(run=import_history)
     return parser
 
@@ -159,8 +165,30 @@ def list_symbols(run: Run, args: argparse.Namespace) -> None:
     lines = [describe(raw, enabled) for raw, enabled in rows]
     column = name_column(name for name, _, _ in lines)
     print(symbol_line("SYMBOL", "STATE", "", column), file=run.out)
-    for name, state, note in lines:
-        print(symbol_line(name, state, note, column), file=run.out)
+    for (name, state, note), (raw, _) in zip(lines, rows, strict=True):
+        held = holdings(run.conn, raw)
+        detail = "  ".join(part for part in (note, held) if part)
+        print(symbol_line(name, state, detail, column), file=run.out)
+
+
+def holdings(conn: sqlite3.Connection, raw: object) -> str:
+    """What the table of the symbol `raw` holds, by id: since when every id is stored, up to
+    the newest tick, and where the older ticks stop. Empty if there is no table or no tick."""
+    try:
+        symbol = symbols.normalise(raw)
+    except symbols.InvalidSymbol:
+        return ""
+    if not database.has_table(conn, "prices_" + symbol):
+        return ""
+    run = database.continuous_run(conn, symbol)
+    if run is None:
+        return ""
+    first, since, last = run
+    text = f"complete since {iso_time(since)} (ids {first}-{last})"
+    older = database.id_below(conn, symbol, first)
+    if older is not None:
+        text += f"; older ticks up to id {older}, ids {older + 1}-{first - 1} missing"
+    return text
 
 
 def describe(raw: object, enabled: object) -> tuple[str, str, str]:
@@ -425,6 +453,7 @@ def import_history(run: Run, args: argparse.Namespace) -> None:
         archive_url=run.cfg.archive_url,
         rest=rest,
         progress=progress,
+        recheck=args.recheck,
     )
     try:
         report = importer.run()
@@ -440,7 +469,7 @@ def import_history(run: Run, args: argparse.Namespace) -> None:
 
 def _day(name: str, text: str, today: datetime.date) -> datetime.date:
     try:
-        day = history.parse_day(text)
+        day = archive.parse_day(text)
     except ValueError:
         raise Failure(f"invalid {name} {text!r}: use YYYY-MM-DD (a UTC day)", 2) from None
     if day > today:

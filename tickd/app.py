@@ -21,6 +21,7 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from . import config as configuration
 from . import logs, metrics, status
+from .coverage import Coverage
 from .database import Database
 from .limits import AttemptLimiter, WeightLimiter
 from .logs import Throttle, failure, kv
@@ -78,7 +79,8 @@ class App:
         self.watcher = Watcher(
             self.db, self._make_stream, config.poll_interval, descriptor_limit=self.descriptors
         )
-        self._workers = Group()  # the watcher and the checkpoints
+        self.coverage = Coverage(self.db)
+        self._workers = Group()  # the watcher, the checkpoints and the coverage
         self._watching: gevent.Greenlet | None = None
         self._checkpointing: gevent.Greenlet | None = None
         self._stopping = gevent.event.Event()
@@ -123,6 +125,7 @@ class App:
                 attempts=self.attempts,
                 db=self.db,
                 uptime=lambda: self._clock() - self.started,
+                runs=lambda: self.coverage.runs,
             )
         )
         app = status.make_app(
@@ -157,6 +160,7 @@ class App:
         log.info("http listening %s", kv(port=self.http_port))
         self._watching = self._workers.spawn(self.watcher.run)
         self._checkpointing = self._workers.spawn(self._checkpoints)
+        self._workers.spawn(self.coverage.run)
 
     def stop(self) -> None:
         """Stop the watcher, the streams (close frames), the HTTP server; close the database."""
@@ -209,6 +213,7 @@ class App:
             log.error("cannot reopen database, retrying %s", kv(path=self.db.path, error=exc))
             return
         self._lost = None
+        self.coverage.forget()
         log.info("database reopened %s", kv(path=self.db.path, rescued_to=copy))
         if not self._stopping.is_set():
             self._watching = self._workers.spawn(self.watcher.run)

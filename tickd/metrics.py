@@ -24,6 +24,7 @@ from prometheus_client.core import (
 from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
+    from .coverage import Run
     from .database import Database
     from .limits import AttemptLimiter, WeightLimiter
     from .stream import Stream
@@ -139,8 +140,10 @@ class StoreCollector:
         attempts: AttemptLimiter,
         db: Database,
         uptime: Callable[[], float],
+        runs: Callable[[], Mapping[str, Run]] = dict,
     ):
         self._streams = streams
+        self._runs = runs
         self._weight = weight
         self._attempts = attempts
         self._db = db
@@ -155,7 +158,27 @@ class StoreCollector:
                 if number is not None:
                     metric.add_metric([symbol], number)
             yield metric
+        yield from self._history()
         yield from self._process_wide()
+
+    def _history(self) -> Iterator[Metric]:
+        runs = sorted(self._runs().items())
+        first = GaugeMetricFamily(
+            "tickstore_complete_since_id",
+            "First id of the continuous run of stored ids that reaches the newest tick: "
+            "every id from it on is stored (looked up every minute).",
+            labels=["symbol"],
+        )
+        since = GaugeMetricFamily(
+            "tickstore_complete_since_timestamp_seconds",
+            "Trade time of tickstore_complete_since_id, seconds since the epoch.",
+            labels=["symbol"],
+        )
+        for symbol, run in runs:
+            first.add_metric([symbol], run.first_id)
+            since.add_metric([symbol], run.first_time / 1000)
+        yield first
+        yield since
 
     def _process_wide(self) -> Iterator[Metric]:
         weight = self._weight
