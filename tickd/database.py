@@ -252,6 +252,15 @@ def missing_ids(
         yield previous + 1, last
 
 
+def id_ends(conn: sqlite3.Connection, symbol: str) -> tuple[int | None, int | None]:
+    """(lowest, highest) stored id, (None, None) for an empty table. Two statements: SQLite
+    reads min() or max() alone from the end of the primary key, both at once by a full scan
+    (4 s for 20 M rows)."""
+    table = quote("prices_" + symbol)
+    bottom = conn.execute(f"SELECT min(id) FROM {table}").fetchone()[0]
+    return bottom, conn.execute(f"SELECT max(id) FROM {table}").fetchone()[0]
+
+
 RUN_WINDOW = 32_768  # ids counted per query when looking for a hole (about 2 ms of SQLite)
 
 
@@ -296,8 +305,7 @@ def continuous_run(
 ) -> tuple[int, int, int] | None:
     """(first id, its timestamp, last id) of the continuous run of ids that ends at the
     newest tick of `symbol`; None if the table is empty. See `run_start`."""
-    table = quote("prices_" + symbol)
-    bottom, top = conn.execute(f"SELECT min(id), max(id) FROM {table}").fetchone()
+    bottom, top = id_ends(conn, symbol)
     if top is None:
         return None
     first = run_start(lambda a, b: count_ids(conn, symbol, a, b), top, bottom, known)
@@ -875,12 +883,7 @@ class Database:
             self._sleep(0)
             return self._retry(count_ids, self.file.conn, symbol, first, last)
 
-        def ends() -> tuple[int | None, int | None]:
-            return self.file.conn.execute(
-                f"SELECT min(id), max(id) FROM {quote('prices_' + symbol)}"
-            ).fetchone()
-
-        bottom, top = self._retry(ends)
+        bottom, top = self._retry(id_ends, self.file.conn, symbol)
         if top is None:
             return None
         first = run_start(count, top, bottom, known)
