@@ -2,12 +2,14 @@
 waiting for another program's lock without blocking the gevent hub."""
 
 import contextlib
+import itertools
 import os
 import sqlite3
 
 import gevent
 import pytest
 
+from helpers import wait_for
 from tickd.database import Database, day_query, transaction
 from tickd.wire import Tick
 
@@ -186,6 +188,32 @@ def test_checkpoint_runs_in_a_thread_and_empties_the_wal(db):
     db.insert_many("BTCUSDT", [Tick(i, i, 1.0) for i in range(1, 1000)])
     busy, frames, done = db.file.checkpoint()
     assert busy == 0 and frames == done and frames > 0
+
+
+def test_no_commit_lands_while_the_checkpoint_copies_so_the_wal_starts_again(db):
+    db.ensure_table("BTCUSDT")
+    written = [0]
+
+    def writer():
+        for i in itertools.count(1):  # a commit per tick, as the store writes
+            assert db.insert("BTCUSDT", Tick(i, i, 1.0))
+            written[0] = i
+            gevent.sleep(0)
+
+    greenlet = gevent.spawn(writer)
+    try:
+        frames = []
+        for _ in range(6):
+            goal = written[0] + 300
+            wait_for(lambda: written[0] >= goal, 10, "300 more commits")  # noqa: B023
+            busy, in_wal, done = db.file.checkpoint()
+            assert busy == 0 and in_wal == done
+            frames.append(in_wal)
+    finally:
+        greenlet.kill()
+    # Each checkpoint finds about the commits since the one before: the WAL was started
+    # again, not appended to (copied while commits went on, it grew with every second).
+    assert max(frames[1:]) < 2 * min(frames[1:]), frames
 
 
 def test_a_file_that_is_not_a_database_is_refused_and_left_alone(tmp_path):

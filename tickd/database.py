@@ -660,6 +660,11 @@ class Handle:
         file is over the size limit (after a long reader elsewhere, it can be gigabytes), a
         TRUNCATE empties it: that makes writers wait only for an instant, and ours wait
         cooperatively. Returns SQLite's (busy, wal frames, frames checkpointed) of the PASSIVE.
+
+        The store's own statements wait (cooperatively) while it runs: no commit of ours
+        lands during the copy, so it copies every frame and the next commit starts the WAL
+        again from its beginning. Copying while commits went on never caught up: the WAL grew
+        to the size limit, and each tick cost 8-18 % more CPU (docs/BENCHMARKS.md).
         """
         conn = self._checkpointer
         if conn is None:
@@ -671,7 +676,8 @@ class Handle:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             return busy, frames, done
 
-        return gevent.get_hub().threadpool.apply(run)
+        with self._semaphore:
+            return gevent.get_hub().threadpool.apply(run)
 
     # -- the cooperative lock wait -------------------------------------------------------
 
