@@ -85,7 +85,7 @@ soak: install
 # with the local virtualenv if there is one (on DB_PATH, default ./.data/ticks.db), else
 # inside the running container (on its database). With neither a virtualenv nor Docker
 # Compose they say what to do and fail. Arguments come from the environment (SYMBOL, DAY,
-# OUT, FROM, TO) and are passed as single arguments, never pasted into SQL.
+# OUT, FROM, TO, RECHECK) and are passed as single arguments, never pasted into SQL.
 NO_ADMIN = printf '%s\n' "no $(PY) and no working Docker Compose ($(COMPOSE)): run 'make install' for a local virtualenv, or 'make run' to start the store in Docker" >&2; exit 1
 IN_CONTAINER = { $(COMPOSE) version >/dev/null 2>&1 || { $(NO_ADMIN); }; } && \
 	$(COMPOSE) exec -T tick-store python -m tickd.admin
@@ -122,6 +122,7 @@ export:
 
 ## import SYMBOL=BTCUSDT FROM=2025-01-01 [TO=2025-06-30]: every trade of those UTC days (TO
 ## included; default: up to the ticks the store has streamed) from Binance's public archive,
-## then REST; safe beside the running store, and resumable: run it again after a failure
+## then REST; safe beside the running store, and resumable: run it again after a failure.
+## RECHECK=1 fetches each stored file's CHECKSUM again and stores a file Binance replaced
 import:
-	@$(ADMIN) import "$$SYMBOL" "$$FROM" $${TO:+"$$TO"}
+	@$(ADMIN) import "$$SYMBOL" "$$FROM" $${TO:+"$$TO"} $$(test "$${RECHECK:-0}" = 1 && echo --recheck)

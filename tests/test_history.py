@@ -1,5 +1,6 @@
-"""The history import, `python -m tickd.admin import` (tickd.history), against the fake
-exchange's archive and REST: each fault of the archive, resuming, the live edge."""
+"""The history import, `python -m tickd.admin import` (tickd.history, tickd.archive and the
+modules they use), against the fake exchange's archive and REST: each fault of the archive,
+resuming, re-checking, the live edge."""
 
 import datetime
 import functools
@@ -20,10 +21,13 @@ import gevent
 import pytest
 
 from helpers import ROOT, enable, query, rows, wait_for
-from tickd import admin, history
+from tickd import admin, archive, history
 from tickd.config import ConfigError, load
 from tickd.database import SETTINGS_DDL, Database, quote
 from tickd.fakebinance import FakeBinance, archive_path
+from tickd.progress import Progress
+from tickd.restdays import take
+from tickd.text import iso_time
 from tickd.wire import Tick
 
 D = datetime.date
@@ -115,16 +119,16 @@ def monthly(symbol, month):
     ids=["month", "month-but-a-day", "around-months", "month-not-over", "month-over", "today"],
 )
 def test_the_plan_takes_whole_months_that_are_over_as_monthly_files(first, last, today, periods):
-    assert [p.name for p in history.plan(first, last, today)] == periods
+    assert [p.name for p in archive.plan(first, last, today)] == periods
 
 
 def test_a_period_knows_its_file_and_its_milliseconds():
-    month = history.Period(D(2024, 2, 1), D(2024, 2, 29))
+    month = archive.Period(D(2024, 2, 1), D(2024, 2, 29))
     assert month.monthly and month.days == 29 and month.name == "2024-02"
     assert month.path("BTCUSDT") == archive_path("BTCUSDT", "2024-02")
     assert month.end_ms - month.start_ms == 29 * 86_400_000
     assert month.start_ms == admin.day_start_ms("2024-02-01")
-    day = history.Period(D(2024, 2, 3), D(2024, 2, 3))
+    day = archive.Period(D(2024, 2, 3), D(2024, 2, 3))
     assert day.path("币安人生USDT") == (
         "/data/futures/um/daily/aggTrades/%E5%B8%81%E5%AE%89%E4%BA%BA%E7%94%9FUSDT/"
         "%E5%B8%81%E5%AE%89%E4%BA%BA%E7%94%9FUSDT-aggTrades-2024-02-03.zip"
@@ -133,17 +137,17 @@ def test_a_period_knows_its_file_and_its_milliseconds():
 
 def test_a_checksum_file_is_read_as_sha256sum_writes_it():
     digest = "0123456789abcdef" * 4
-    assert history.parse_checksum(f"{digest}  X-aggTrades-2024-01.zip\n".encode()) == digest
-    assert history.parse_checksum(digest.upper().encode()) == digest
+    assert archive.parse_checksum(f"{digest}  X-aggTrades-2024-01.zip\n".encode()) == digest
+    assert archive.parse_checksum(digest.upper().encode()) == digest
     for body in (b"", b"<Error>NoSuchKey</Error>", b"abc  x.zip"):
-        with pytest.raises(history.FileError):
-            history.parse_checksum(body)
+        with pytest.raises(archive.FileError):
+            archive.parse_checksum(body)
 
 
 def read(text, day=None):
     day = day or D(2024, 1, 2)
-    stats = history.Stats()
-    rows = list(history.read_ticks(io.StringIO(text), history.Period(day, day), stats))
+    stats = archive.Stats()
+    rows = list(archive.read_ticks(io.StringIO(text), archive.Period(day, day), stats))
     return rows, stats
 
 
@@ -153,13 +157,13 @@ ROWS = f"7,42000.10,0.002,70,71,{JAN2 + 5},true\n8,42000.2,0.001,72,72,{JAN2 + 9
 
 def test_the_header_row_is_detected_not_assumed():
     expected = [(7, JAN2 + 5, 42000.1), (8, JAN2 + 9, 42000.2)]
-    assert read(ROWS) == (expected, history.Stats(2, 7, 8, 0, False, last=8))
+    assert read(ROWS) == (expected, archive.Stats(2, 7, 8, 0, False, last=8))
     header = "agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,is_buyer_maker"
-    assert read(header + "\n" + ROWS) == (expected, history.Stats(2, 7, 8, 0, True, last=8))
+    assert read(header + "\n" + ROWS) == (expected, archive.Stats(2, 7, 8, 0, True, last=8))
     # Columns are found by name when there is a header.
     moved = f"transact_time,agg_trade_id,price\n{JAN2 + 5},7,42000.10\n"
     assert read(moved)[0] == [(7, JAN2 + 5, 42000.1)]
-    assert read("") == ([], history.Stats())
+    assert read("") == ([], archive.Stats())
 
 
 def test_rows_in_any_order_are_read_and_counted():
@@ -183,7 +187,7 @@ def test_rows_in_any_order_are_read_and_counted():
     ids=["header", "price", "short", "negative", "nan", "microseconds", "other-day"],
 )
 def test_a_row_that_cannot_be_read_names_its_line(text, message):
-    with pytest.raises(history.FileError, match=message):
+    with pytest.raises(archive.FileError, match=message):
         read(text)
 
 
@@ -194,17 +198,17 @@ def test_quoted_fields_and_crlf_line_ends_are_read_too():
 
 
 def test_a_file_is_read_in_a_child_process_with_its_errors(tmp_path):
-    day = history.Period(D(2024, 1, 2), D(2024, 1, 2))
+    day = archive.Period(D(2024, 1, 2), D(2024, 1, 2))
     good = tmp_path / "good.zip"
-    with zipfile.ZipFile(good, "w") as archive:
-        archive.writestr(
+    with zipfile.ZipFile(good, "w") as zipped:
+        zipped.writestr(
             "X-aggTrades-2024-01-02.csv",
             ROWS * 1 + "".join(f"{i},1.5,0.1,1,1,{JAN2 + i},true\n" for i in range(9, 100_000)),
         )
-    assert history.csv_member(str(good), "X-aggTrades-2024-01-02.zip") == (
+    assert archive.csv_member(str(good), "X-aggTrades-2024-01-02.zip") == (
         "X-aggTrades-2024-01-02.csv"
     )
-    reader, stats = history.Reader(str(good), "X-aggTrades-2024-01-02.csv", day), history.Stats()
+    reader, stats = archive.Reader(str(good), "X-aggTrades-2024-01-02.csv", day), archive.Stats()
     try:
         ticks = list(reader.ticks(stats))
     finally:
@@ -212,19 +216,26 @@ def test_a_file_is_read_in_a_child_process_with_its_errors(tmp_path):
     assert ticks[:2] == [(7, JAN2 + 5, 42000.1), (8, JAN2 + 9, 42000.2)]
     assert (len(ticks), stats.count, stats.low, stats.high) == (99_993, 99_993, 7, 99_999)
     bad = tmp_path / "bad.zip"
-    with zipfile.ZipFile(bad, "w") as archive:
-        archive.writestr("bad.csv", ROWS * 3 + "9,x\n")
-    reader = history.Reader(str(bad), "bad.csv", day)
+    with zipfile.ZipFile(bad, "w") as zipped:
+        zipped.writestr("bad.csv", ROWS * 3 + "9,x\n")
+    reader = archive.Reader(str(bad), "bad.csv", day)
     try:
-        with pytest.raises(history.FileError, match="line 7: not an aggTrade row"):
-            list(reader.ticks(history.Stats()))
+        with pytest.raises(archive.FileError, match="line 7: not an aggTrade row"):
+            list(reader.ticks(archive.Stats()))
     finally:
         reader.close()
-    with pytest.raises(history.FileError, match=r"no bad2\.csv among its 2 members"):
-        with zipfile.ZipFile(tmp_path / "two.zip", "w") as archive:
-            archive.writestr("a.csv", "")
-            archive.writestr("b.csv", "")
-        history.csv_member(str(tmp_path / "two.zip"), "bad2.zip")
+    with pytest.raises(archive.FileError, match=r"no bad2\.csv among its 2 members"):
+        with zipfile.ZipFile(tmp_path / "two.zip", "w") as zipped:
+            zipped.writestr("a.csv", "")
+            zipped.writestr("b.csv", "")
+        archive.csv_member(str(tmp_path / "two.zip"), "bad2.zip")
+
+
+def test_a_rest_page_is_taken_up_to_the_day_s_end_and_the_ids_it_skips_are_noted():
+    page = [Tick(5, 10, 1.0), Tick(6, 11, 1.0), Tick(9, 12, 1.0), Tick(10, 99, 1.0)]
+    assert take(page, 5, 50, None) == (page[:3], True, [(7, 8)])
+    assert take(page, 3, 50, 6) == (page[:2], False, [(3, 4)])
+    assert take(page, 5, 100, 9) == (page[:3], False, [(7, 8)])
 
 
 def test_the_archive_url_is_configured_like_the_other_urls():
@@ -241,10 +252,10 @@ def test_progress_is_one_line_on_a_terminal_and_a_line_per_file_otherwise():
         def isatty(self):
             return True
 
-    day = history.Period(D(2024, 1, 2), D(2024, 1, 2))
+    day = archive.Period(D(2024, 1, 2), D(2024, 1, 2))
     for stream in (Terminal(), io.StringIO()):
         ticks = iter(range(0, 100, 10))
-        progress = history.Progress(stream, "BTCUSDT", 4, clock=ticks.__next__, wall=lambda: 0)
+        progress = Progress(stream, "BTCUSDT", 4, clock=ticks.__next__, wall=lambda: 0)
         progress.writing(day)
         progress.wrote(5000, (1, day.start_ms + 43_200_000, 1.0))  # half the day
         progress.done(day, "stored", rows=5000)
@@ -361,7 +372,7 @@ def test_an_old_missing_day_is_reported_with_its_ids_and_the_rest_is_stored(tmp_
         "BTCUSDT: the import is incomplete",
         "  2024-03-03: not in the archive (404), and older than REST's 2-day window",
         f"    ids {lost[0][0]}..{lost[-1][0]} missing (100 trades), traded between "
-        f"{history.iso_time(trades[199][1])} and {history.iso_time(trades[300][1])}",
+        f"{iso_time(trades[199][1])} and {iso_time(trades[300][1])}",
         "Everything stored stays. Run the same command again to retry: what is stored is "
         "not downloaded again.",
     ]
@@ -455,6 +466,117 @@ def test_ticks_deleted_after_an_import_are_imported_again(tmp_path, fake):
     ]
 
 
+def sha256s(db):
+    return dict(query(db, "SELECT period, sha256 FROM history_import"))
+
+
+def test_a_file_binance_replaced_is_stored_again_only_with_recheck(tmp_path, fake):
+    fake.archive("BTCUSDT", D(2024, 3, 1), D(2024, 3, 3), per_day=100)
+    db = make_db(tmp_path / "ticks.db")
+    assert run(db, fake, "BTCUSDT", "2024-03-01", "2024-03-03")[0] == 0
+    trades, old = archived(fake), sha256s(db)["2024-03-02"]
+    # The fake's new file holds the same rows as the first: the stored copy of the day is
+    # made to differ instead, as a first file with wrong prices and a wrong time leaves it.
+    day = trades[100:200]
+    execute(
+        db,
+        "UPDATE prices_BTCUSDT SET price = price + 1 WHERE id BETWEEN ? AND ?",
+        (day[0][0], day[49][0]),
+    )
+    execute(db, "UPDATE prices_BTCUSDT SET timestamp = timestamp - 1 WHERE id = ?", (day[60][0],))
+    stale = stored(db)
+    fake.archive_fault("replaced", "BTCUSDT", "2024-03-02")
+
+    before = len(fake.archive_requests())
+    status, out, err = run(db, fake, "BTCUSDT", "2024-03-01", "2024-03-03")
+    assert status == 0, err
+    assert ", 3 periods already stored (3 not re-checked), " in out
+    assert requested(fake, before) == []
+    assert stored(db) == stale
+
+    before = len(fake.archive_requests())
+    status, out, err = run(db, fake, "BTCUSDT", "2024-03-01", "2024-03-03", "--recheck")
+    assert status == 0, err
+    assert stored(db) == trades
+    assert "; 1 files downloaded (" in out
+    assert ", 3 periods already stored (3 files re-checked: 1 replaced, 51 rows changed), " in out
+    new = sha256s(db)["2024-03-02"]
+    assert new != old
+    checksums = [daily("BTCUSDT", D(2024, 3, n)) + ".CHECKSUM" for n in (1, 2, 3)]
+    assert requested(fake, before) == [
+        checksums[0],
+        checksums[1],
+        checksums[1],  # fetched again with the new file, which is checked against it
+        daily("BTCUSDT", D(2024, 3, 2)),
+        checksums[2],
+    ]
+    name = "BTCUSDT-aggTrades-2024-03-02.zip"
+    lines = [line.split(" ", 1)[1] for line in err.splitlines()]
+    assert lines == [
+        "BTCUSDT 2024-03-01 already stored, re-checked",
+        f"BTCUSDT 2024-03-02 replaced in the archive, storing it again: file={name} "
+        f"old={old[:16]} new={new[:16]}",
+        f"BTCUSDT 2024-03-02 stored again file={name} rows=100 changed=51",
+        "BTCUSDT 2024-03-02 already stored, re-checked",
+        "BTCUSDT 2024-03-03 already stored, re-checked",
+    ]
+
+    # Nothing has been replaced since: only the CHECKSUMs are fetched.
+    before = len(fake.archive_requests())
+    status, out, err = run(db, fake, "BTCUSDT", "2024-03-01", "2024-03-03", "--recheck")
+    assert status == 0, err
+    assert "(3 files re-checked: 0 replaced, 0 rows changed)" in out
+    assert requested(fake, before) == checksums
+    assert stored(db) == trades
+    assert query(db, "PRAGMA integrity_check") == [("ok",)]
+
+
+def test_a_recheck_whose_checksum_is_gone_keeps_the_trades_and_warns(tmp_path, fake):
+    fake.archive("BTCUSDT", D(2024, 3, 1), D(2024, 3, 3), per_day=100)
+    db = make_db(tmp_path / "ticks.db")
+    assert run(db, fake, "BTCUSDT", "2024-03-01", "2024-03-03")[0] == 0
+    recorded = sha256s(db)
+    fake.archive_fault("missing", "BTCUSDT", "2024-03-02")
+    status, out, err = run(db, fake, "BTCUSDT", "2024-03-01", "2024-03-03", "--recheck")
+    assert status == 0, err
+    assert "(2 files re-checked: 0 replaced, 0 rows changed; 1 not re-checked)" in out
+    assert (
+        "BTCUSDT 2024-03-02 warning: CHECKSUM not fetched, stored trades kept "
+        "file=BTCUSDT-aggTrades-2024-03-02.zip reason='not in the archive (404)'\n"
+    ) in err
+    assert "BTCUSDT 2024-03-02 already stored\n" in err
+    assert stored(db) == archived(fake)
+    assert sha256s(db) == recorded
+
+
+def test_a_recheck_that_cannot_reach_the_archive_keeps_the_trades_and_warns(tmp_path, fake):
+    fake.archive("BTCUSDT", D(2024, 3, 1), D(2024, 3, 1), per_day=100)
+    db = make_db(tmp_path / "ticks.db")
+    assert run(db, fake, "BTCUSDT", "2024-03-01", "2024-03-01")[0] == 0
+    stream = io.StringIO()
+    conn = admin.connect(db)
+    try:
+        report = history.Importer(
+            conn,
+            "BTCUSDT",
+            D(2024, 3, 1),
+            D(2024, 3, 1),
+            db_path=db,
+            archive_url=closed_port_url(),
+            rest=None,  # not needed: the day is stored
+            progress=Progress(stream, "BTCUSDT", 0),
+            sleep=lambda seconds: None,
+            recheck=True,
+        ).run()
+    finally:
+        conn.close()
+    assert report.complete, report.failure()
+    assert (report.skipped, report.unchecked, report.rechecked, report.replaced) == (1, 1, 0, 0)
+    assert "2024-03-01 warning: CHECKSUM not fetched, stored trades kept " in stream.getvalue()
+    assert "refused" in stream.getvalue()
+    assert stored(db) == archived(fake)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -498,7 +620,7 @@ def test_usage_errors_exit_2():
 def test_trades_older_than_rest_s_window_are_reported_as_such(tmp_path):
     today = utc_today()
     # REST's window ends at noon yesterday: the morning of that day is out of its reach.
-    window = time.time() - (history.day_ms(today - DAY) / 1000 + 43_200)
+    window = time.time() - (archive.day_ms(today - DAY) / 1000 + 43_200)
     with FakeBinance(rest_window=window) as fake:
         fake.archive("BTCUSDT", today - 3 * DAY, today - DAY, per_day=480)
         fake.archive_fault("missing", "BTCUSDT", (today - DAY).isoformat())
@@ -536,16 +658,20 @@ class Archive:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def put(self, symbol, day, ids):
+    def put(self, symbol, day, ids, corrected=()):
+        """The day's file of the trades `ids`; those in `corrected` have another price
+        (0.25 higher) and time (1 ms later), as a file Binance corrects."""
         name = f"{symbol}-aggTrades-{day}"
         folder = self.folder / "data/futures/um/daily/aggTrades" / symbol
         folder.mkdir(parents=True, exist_ok=True)
         start = admin.day_start_ms(day)
         rows = "".join(
-            f"{i},{100 + i % 7}.5,0.1,1,1,{start + 1000 * (i % 80_000)},true\n" for i in ids
+            f"{i},{100.5 + i % 7 + 0.25 * (i in corrected)},0.1,1,1,"
+            f"{start + 1000 * (i % 80_000) + (i in corrected)},true\n"
+            for i in ids
         )
-        with zipfile.ZipFile(folder / f"{name}.zip", "w") as archive:
-            archive.writestr(f"{name}.csv", rows)
+        with zipfile.ZipFile(folder / f"{name}.zip", "w") as zipped:
+            zipped.writestr(f"{name}.csv", rows)
         digest = hashlib.sha256((folder / f"{name}.zip").read_bytes()).hexdigest()
         (folder / f"{name}.zip.CHECKSUM").write_text(f"{digest}  {name}.zip\n")
 
@@ -591,6 +717,49 @@ def test_a_file_with_a_hole_and_a_file_that_stops_early_are_reported(tmp_path):
         ": in no file (one stops early, or the next starts late) and out of REST's reach"
     )
     assert len(lines) == 4
+
+
+def test_a_corrected_file_replaces_the_stored_prices_and_times_with_recheck(tmp_path):
+    with Archive(tmp_path / "archive") as archive_server:
+        archive_server.put("BTCUSDT", "2021-03-01", range(1, 101))
+        db = make_db(tmp_path / "ticks.db")
+        env = {
+            "DB_PATH": db,
+            "BINANCE_ARCHIVE_URL": archive_server.url,
+            "BINANCE_REST_URL": closed_port_url(),
+        }
+
+        def imports(*flags):
+            out, err = io.StringIO(), io.StringIO()
+            argv = ["import", "BTCUSDT", "2021-03-01", "2021-03-01", *flags]
+            return admin.main(argv, env, out, err), out.getvalue(), err.getvalue()
+
+        assert imports()[0] == 0
+        first = stored(db)
+        archive_server.put("BTCUSDT", "2021-03-01", range(1, 101), corrected={7, 8, 50})
+        status, out, err = imports()
+        assert status == 0, err
+        assert stored(db) == first
+        assert ", 1 periods already stored (1 not re-checked), " in out
+
+        status, out, err = imports("--recheck")
+        assert status == 0, err
+        assert "1 periods already stored (1 files re-checked: 1 replaced, 3 rows changed)" in out
+        changed = {row[0]: row for row in first}
+        for i in (7, 8, 50):
+            changed[i] = (i, changed[i][1] + 1, changed[i][2] + 0.25)
+        assert stored(db) == sorted(changed.values())
+
+        checksum = archive_server.folder / (
+            "data/futures/um/daily/aggTrades/BTCUSDT/BTCUSDT-aggTrades-2021-03-01.zip.CHECKSUM"
+        )
+        checksum.write_text("<Error><Code>InternalError</Code></Error>")
+        status, out, err = imports("--recheck")
+    assert status == 0, err
+    assert ", 1 periods already stored (1 not re-checked), " in out
+    assert "warning: CHECKSUM not fetched, stored trades kept " in err
+    assert "reason='the CHECKSUM file holds no sha256'" in err
+    assert stored(db) == sorted(changed.values())
 
 
 # -- beside a running store, killed, as a process ---------------------------------------

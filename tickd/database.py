@@ -354,21 +354,6 @@ def imported_sha256(conn: sqlite3.Connection, symbol: str, period: str) -> str |
     return row[0] if row else None
 
 
-def correcting(
-    conn: sqlite3.Connection, symbol: str, sleep: Callable[[float], object] = time.sleep
-) -> Pacer:
-    """A Pacer for an archive file Binance replaced: a tick overwrites the stored row of its
-    id where the timestamp or price differs (nothing is deleted), and conn.total_changes
-    grows by one for each tick added or changed."""
-    pacer = Pacer(conn, symbol, sleep=sleep)
-    pacer._sql = (
-        f"INSERT INTO {quote('prices_' + symbol)} VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE "
-        "SET timestamp = excluded.timestamp, price = excluded.price "
-        "WHERE timestamp != excluded.timestamp OR price != excluded.price"
-    )
-    return pacer
-
-
 class Pacer:
     """Writes ticks into `prices_<symbol>` on a plain connection (busy timeout about 5 s)
     in transactions of about `seconds` each (time-bounded), beside another program (the
@@ -387,7 +372,9 @@ class Pacer:
 
     A lock held by another program past the busy timeout is waited for again, for
     `lock_wait` seconds in all, then raises. Ticks already stored are ignored (INSERT OR
-    IGNORE), in any order.
+    IGNORE), in any order; with `correct` (an archive file Binance replaced), a tick
+    overwrites the stored row of its id where the timestamp or price differs, nothing is
+    deleted, and conn.total_changes grows by one for each tick added or changed.
     """
 
     __slots__ = (
@@ -419,9 +406,17 @@ class Pacer:
         lock_wait: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], object] = time.sleep,
+        correct: bool = False,
     ):
         self._conn = conn
-        self._sql = f"INSERT OR IGNORE INTO {quote('prices_' + symbol)} VALUES (?, ?, ?)"
+        table = quote("prices_" + symbol)
+        self._sql = f"INSERT OR IGNORE INTO {table} VALUES (?, ?, ?)"
+        if correct:
+            self._sql = (
+                f"INSERT INTO {table} VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE "
+                "SET timestamp = excluded.timestamp, price = excluded.price "
+                "WHERE timestamp != excluded.timestamp OR price != excluded.price"
+            )
         self.seconds, self.pause, self.chunk, self.lock_wait = seconds, pause, chunk, lock_wait
         self.idle, self.quiet = idle, quiet
         self._clock, self._sleep = clock, sleep
