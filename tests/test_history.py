@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import zipfile
+from array import array
 
 import gevent
 import pytest
@@ -171,6 +172,29 @@ def test_rows_in_any_order_are_read_and_counted():
     rows, stats = read(text)
     assert [row[0] for row in rows] == [5, 3, 4, 9, 9, 6]
     assert (stats.count, stats.low, stats.high, stats.disorder) == (6, 3, 9, 3)
+
+
+def blocks_of(*id_lists):
+    return [
+        (array("q", ids), array("q", [JAN2 + i for i in ids]), array("d", [i / 2 for i in ids]))
+        for ids in id_lists
+    ]
+
+
+def test_a_file_out_of_order_is_handed_on_in_sorted_chunks():
+    stats = archive.Stats()
+    ordered = blocks_of([1, 2, 3], [4, 5])
+    assert list(archive.in_order(ordered, stats, rows=4)) == ordered  # as they come
+
+    def disordered():
+        yield from blocks_of([1, 2, 3])
+        stats.disorder = 1  # the reader counts a row out of order in the next block
+        yield from blocks_of([9, 7, 8], [4, 6, 5], [12, 10], [11])
+
+    out = list(archive.in_order(disordered(), stats, rows=4))
+    assert [list(ids) for ids, _, _ in out] == [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10, 11, 12]]
+    for ids, times, prices in out:  # each row's columns still together
+        assert list(times) == [JAN2 + i for i in ids] and list(prices) == [i / 2 for i in ids]
 
 
 @pytest.mark.parametrize(
