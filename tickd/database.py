@@ -354,6 +354,9 @@ def imported_sha256(conn: sqlite3.Connection, symbol: str, period: str) -> str |
     return row[0] if row else None
 
 
+MAX_GATHER = 1 << 17  # rows taken from the source for one transaction, at most
+
+
 class Pacer:
     """Writes ticks into `prices_<symbol>` on a plain connection (busy timeout about 5 s)
     in transactions of about `seconds` each (time-bounded), beside another program (the
@@ -429,30 +432,36 @@ class Pacer:
         ticks: Iterable[tuple[int, int, float]],
         progress: Callable[[int, tuple | None], object] | None = None,
     ) -> int:
-        """Store `ticks` (id, timestamp, price), taken from the iterable inside our
-        transactions (so it must not wait for the network); returns how many it gave.
-        `progress(given, last tick)` is called after each commit. Raises sqlite3.Error; an
-        exception of the iterable rolls back only the ticks of the transaction it met."""
+        """Store `ticks` (id, timestamp, price); returns how many it gave. The rows of a
+        transaction are taken from the iterable before it begins, as many as the last one
+        stored in its time, so the lock is never held while the iterable waits (for its
+        reader, or for a sort). `progress(given, last tick)` is called after each commit.
+        Raises sqlite3.Error; an exception of the iterable stops before its rows are written.
+        """
         source, sql, chunk, clock = iter(ticks), self._sql, self.chunk, self._clock
-        given, more = 0, True
-        while more:
+        given, pending, wanted, exhausted = 0, [], chunk, False
+        while True:
+            if not exhausted and len(pending) < wanted:
+                more = list(itertools.islice(source, wanted - len(pending)))
+                exhausted = len(more) < wanted - len(pending)
+                pending += more
+            if not pending:
+                return given
             self._begin()
             start = clock()
             with committed(self._conn):
-                while True:
-                    batch = list(itertools.islice(source, chunk))
-                    if batch:
-                        self._conn.executemany(sql, batch)
-                        given += len(batch)
-                    if len(batch) < chunk:
-                        more = False
-                        break
-                    if clock() - start >= self.seconds:
-                        break
+                done = 0
+                while done < len(pending) and (not done or clock() - start < self.seconds):
+                    self._conn.executemany(sql, pending[done : done + chunk])
+                    done = min(done + chunk, len(pending))
+            held = clock() - start
+            given, last = given + done, pending[done - 1]
+            del pending[:done]
             if progress is not None:
-                progress(given, batch[-1] if batch else None)
-            self._rest(clock() - start)
-        return given
+                progress(given, last)
+            # As many rows as this transaction's pace stores in `seconds`, within limits.
+            wanted = min(MAX_GATHER, max(chunk, int(done * self.seconds / max(held, 1e-4))))
+            self._rest(held)
 
     def _begin(self) -> None:
         deadline = self._clock() + self.lock_wait
