@@ -9,22 +9,30 @@ endpoints (`routes=`), and uses the fake's ways of trading: one trade (`trade`),
 A symbol may also have a history before its first live trade (`archive`): Binance's public
 archive of aggTrades (data.binance.vision's daily and monthly zips with their CHECKSUMs, on
 the same port, with faults of its own: `archive_fault`), and REST within `rest_window`.
+
+With `tls=True` it serves `wss://` and `https://` instead, with a certificate for 127.0.0.1 and
+localhost signed by a throwaway CA made at `start()`, whose certificate it writes to a file for
+clients to trust (`SSL_CERT_FILE`); nobody has to turn verification off.
 """
 
 import argparse
 import bisect
 import contextlib
 import datetime
+import functools
 import hashlib
 import io
 import itertools
 import json
 import math
+import os
 import random
 import re
+import shutil
 import signal
 import socket
 import struct
+import tempfile
 import time
 import zipfile
 from array import array
@@ -39,6 +47,7 @@ import gevent
 import gevent.event
 import gevent.pool
 import gevent.queue
+from gevent import ssl as gevent_ssl
 from gevent.pywsgi import WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 from geventwebsocket.websocket import WebSocket
@@ -139,6 +148,20 @@ def _envelope(stream: str, payload: bytes) -> bytes:
 def _shutdown(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
+
+
+def tls_server_context(ca_file: str, names: Iterable[str]) -> gevent_ssl.SSLContext:
+    """A server context whose certificate, for `names` (host names or IP addresses), is
+    signed by a CA made here and now; that CA's certificate is written to `ca_file` (PEM).
+    The CA's key lives only in this process, so nothing else can ever be signed by it."""
+    import trustme  # noqa: PLC0415 (a test tool, in requirements-dev.txt: plain mode needs none)
+
+    ca = trustme.CA(organization_name="tickd fake Binance")
+    cert = ca.issue_cert(*dict.fromkeys(names))
+    context = gevent_ssl.create_default_context(gevent_ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    ca.cert_pem.write_to_path(ca_file)
+    return context
 
 
 def _status_line(status: int) -> str:
@@ -564,6 +587,8 @@ class FakeBinance:
         routes: Mapping[str, Callable[[dict[str, str]], Any]] | None = None,
         archive_lag_days: int = 1,
         rest_window: float = 2 * 86400.0,
+        tls: bool = False,
+        ca_file: str | None = None,
     ) -> None:
         """`max_backlog`: frames a websocket may have queued, unsent, before it is closed with
         1008 as a slow consumer (None: no bound). `send_buffer`: SO_SNDBUF of each websocket
@@ -574,8 +599,17 @@ class FakeBinance:
 
         The archive (`archive()`): a day's file is published `archive_lag_days` days after it
         (1: the next day, by `clock`, in UTC). REST refuses a `fromId` among the archived
-        trades older than `rest_window` seconds with -4166, as Binance does past two days."""
+        trades older than `rest_window` seconds with -4166, as Binance does past two days.
+
+        `tls`: serve `wss://` and `https://` (`ws_url`, `rest_url`) with a certificate for
+        127.0.0.1, ::1, localhost and `host`, signed by a CA made at each `start()`. Its
+        certificate is written to `ca_file` (None: into a temporary folder that `stop()`
+        removes); clients trust it by that path (`SSL_CERT_FILE`, `ca_file`)."""
         self._address = (host, port)
+        self._tls = tls
+        self._ca_file = ca_file
+        self._ca_folder: str | None = None  # the temporary folder of ca_file, if we made it
+        self._tls_refusals: list[tuple[float, str]] = []
         self._ping_interval = ping_interval
         self._retention = retention  # how many of the most recent ids REST still serves
         self._max_backlog = max_backlog
@@ -615,7 +649,8 @@ class FakeBinance:
     # -- life cycle
 
     def start(self) -> None:
-        """Bind (port 0 picks a free port) and serve in the background; returns once listening."""
+        """Bind (port 0 picks a free port) and serve in the background; returns once listening.
+        With `tls`, first make the CA and write its certificate (`ca_file`)."""
         server = WSGIServer(
             self._address,
             self._app,
@@ -624,6 +659,15 @@ class FakeBinance:
             log=None,
         )
         server.pre_start_hook = self._before_upgrade
+        if self._tls:
+            if self._ca_file is None:
+                self._ca_folder = tempfile.mkdtemp(prefix="fakebinance-ca-")
+                self._ca_file = os.path.join(self._ca_folder, "ca.pem")
+            host = self._address[0]
+            names = ["127.0.0.1", "::1", "localhost"]
+            names += [host] if host not in ("", "0.0.0.0", "::") else []  # noqa: S104
+            context = tls_server_context(self._ca_file, names)
+            server.handle = functools.partial(self._handle_tls, context, server.handle)
         server.start()
         self._server = server
 
@@ -637,6 +681,9 @@ class FakeBinance:
             _shutdown(conn.sock)
         server.stop(timeout=1)
         self._workers.kill(timeout=1)
+        if self._ca_folder is not None:
+            shutil.rmtree(self._ca_folder, ignore_errors=True)
+            self._ca_folder = self._ca_file = None
 
     def __enter__(self) -> "FakeBinance":
         self.start()
@@ -654,11 +701,19 @@ class FakeBinance:
     @property
     def ws_url(self) -> str:
         """Base of the raw streams; a client appends `/<stream>`."""
-        return f"ws://{self._address[0]}:{self.port}/market/ws"
+        scheme = "wss" if self._tls else "ws"
+        return f"{scheme}://{self._address[0]}:{self.port}/market/ws"
 
     @property
     def rest_url(self) -> str:
-        return f"http://{self._address[0]}:{self.port}"
+        scheme = "https" if self._tls else "http"
+        return f"{scheme}://{self._address[0]}:{self.port}"
+
+    @property
+    def ca_file(self) -> str | None:
+        """With `tls`, once started: the path of the CA certificate (PEM) that clients trust
+        (`SSL_CERT_FILE=...`); None in plain mode."""
+        return self._ca_file if self._tls and self._server is not None else None
 
     @property
     def archive_url(self) -> str:
@@ -779,10 +834,11 @@ class FakeBinance:
         first_ids = [market.next_id for market in markets]
         rng, n, made = self._rng, len(markets), 0
         start = time.monotonic()
-        end = start + seconds
+        end, total = start + seconds, round(seconds * rate)
         while True:
             now = time.monotonic()
-            due = min(int((min(now, end) - start) * rate) - made, BURST_BATCH)
+            reached = total if now >= end else int((now - start) * rate)  # not 9.999 for 10
+            due = min(reached - made, BURST_BATCH)
             if due > 0:
                 t = int(self._clock() * 1000)
                 # Frames per symbol first, then to each connection: one lookup per batch.
@@ -965,6 +1021,11 @@ class FakeBinance:
         """Clock time of every exchangeInfo call, answered or not."""
         return list(self._info_calls)
 
+    def tls_refusals(self) -> list[tuple[float, str]]:
+        """(clock time, OpenSSL's reason) of every TLS handshake that failed, such as
+        `TLSV1_ALERT_UNKNOWN_CA`: a client that does not trust the CA hung up."""
+        return list(self._tls_refusals)
+
     def slow_consumers(self) -> list[tuple[float, str, int]]:
         """(clock time, path, frames dropped) of every websocket closed with 1008 because its
         unsent backlog passed `max_backlog`, oldest first."""
@@ -1044,6 +1105,21 @@ class FakeBinance:
 
     # -- HTTP and websocket serving
 
+    def _handle_tls(
+        self, context: gevent_ssl.SSLContext, handle: Callable, sock: socket.socket, address: Any
+    ) -> None:
+        """The server's handler of a connection with `tls`: the TLS handshake, then `handle`
+        (HTTP and websockets). A refused handshake is recorded (`tls_refusals`), not printed
+        as gevent's own TLS serving does, and the socket closed."""
+        try:
+            tls_sock = context.wrap_socket(sock, server_side=True)
+        except OSError as exc:  # ssl.SSLError, or the client hung up
+            self._tls_refusals.append((self._clock(), getattr(exc, "reason", None) or str(exc)))
+            sock.close()
+            return
+        with contextlib.closing(tls_sock):
+            handle(tls_sock, address)
+
     def _before_upgrade(self, handler: WebSocketHandler) -> bool:
         """gevent-websocket's pre-start hook: True skips the upgrade and calls the WSGI app."""
         environ = handler.environ
@@ -1111,7 +1187,9 @@ class FakeBinance:
         while True:
             try:
                 header, payload = ws.read_frame()
-            except OSError:  # EOF, reset or a protocol error (WebSocketError is an OSError)
+            # OSError: EOF, reset or a protocol error (WebSocketError is an OSError).
+            # ValueError: a TLS socket that _shutdown() cut meanwhile.
+            except (OSError, ValueError):
                 return
             if header.opcode == PONG:
                 for stream in conn.streams:
@@ -1307,10 +1385,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--archive-per-day", type=int, default=1000, help="archived trades a day, per symbol"
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve wss:// and https://, with a certificate signed by a CA made at start",
+    )
+    parser.add_argument(
+        "--ca-file",
+        help="with --tls: where to write the CA certificate (default: a temporary file, "
+        "removed at exit); clients trust it with SSL_CERT_FILE",
+    )
     args = parser.parse_args(argv)
+    if args.ca_file and not args.tls:
+        parser.error("--ca-file needs --tls")
     symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
     stopping = gevent.event.Event()
-    with FakeBinance(args.host, args.port) as fake:
+    with FakeBinance(args.host, args.port, tls=args.tls, ca_file=args.ca_file) as fake:
         today = datetime.datetime.now(datetime.UTC).date()
         if args.archive_days > 0:
             start = today - datetime.timedelta(days=args.archive_days)
@@ -1319,7 +1409,8 @@ def main(argv: list[str] | None = None) -> int:
                     symbol, start, today - datetime.timedelta(days=1), args.archive_per_day
                 )
         fake.run_market(symbols, args.rate)
-        print(f"BINANCE_WS_URL={fake.ws_url} BINANCE_REST_URL={fake.rest_url}", flush=True)
+        trust = f" SSL_CERT_FILE={fake.ca_file}" if fake.ca_file else ""
+        print(f"BINANCE_WS_URL={fake.ws_url} BINANCE_REST_URL={fake.rest_url}{trust}", flush=True)
         if args.archive_days > 0:
             print(f"BINANCE_ARCHIVE_URL={fake.archive_url}", flush=True)
         watchers = [gevent.signal_handler(s, stopping.set) for s in (signal.SIGINT, signal.SIGTERM)]

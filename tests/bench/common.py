@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import sqlite3
+import ssl
 import statistics
 import subprocess
 import sys
@@ -246,32 +247,65 @@ class Store(Child):
 
 
 class Exchange(Child):
-    """The fake exchange launcher (`exchange.py`) in its own process, driven over HTTP."""
+    """The fake exchange launcher (`exchange.py`) in its own process, driven over HTTP.
 
-    def __init__(self, folder: Path, count: int, *, name="exchange", weight_limit=2400, symbols=()):
+    With `tls`, over TLS only (`wss://`, `https://`, the control API too): the exchange makes a
+    CA at start and writes its certificate to `ca_file`, in `folder`, which clients trust
+    through `trust_env()` (verification stays on everywhere)."""
+
+    # Class defaults, for a subclass that calls Child.__init__ itself: a plain exchange.
+    ca_file: Path | None = None
+    _context: ssl.SSLContext | None = None
+
+    def __init__(
+        self,
+        folder: Path,
+        count: int,
+        *,
+        name="exchange",
+        weight_limit=2400,
+        symbols=(),
+        tls=False,
+    ):
         argv = [PYTHON, BENCH / "exchange.py", "--count", count, "--weight-limit", weight_limit]
         if symbols:
             argv += ["--symbols", ",".join(symbols)]
+        self.ca_file = Path(folder) / f"{name}-ca.pem" if tls else None
+        if self.ca_file:
+            argv += ["--tls", "--ca-file", self.ca_file]
         super().__init__(argv, folder / f"{name}.log")
         self.port: int | None = None
 
     def start(self):
         super().start()
         self.port = int(self.wait_for_line(r"listening port=(\d+)")[1])
+        if self.ca_file:
+            self._context = ssl.create_default_context(cafile=self.ca_file)
         return self
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/market/ws"
+        return f"{'wss' if self.ca_file else 'ws'}://127.0.0.1:{self.port}/market/ws"
 
     @property
     def rest_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca_file else 'http'}://127.0.0.1:{self.port}"
+
+    def trust_env(self, ca_file: Path | None = None) -> dict[str, str]:
+        """The environment by which a client trusts `ca_file` (default: this exchange's CA),
+        and only it: SSL_CERT_FILE (OpenSSL's default CA file, which Python's
+        `ssl.create_default_context()` loads: the store, websockets, websocket-client, aiohttp)
+        and REQUESTS_CA_BUNDLE (requests, which cryptofeed calls REST with, would take
+        certifi's bundle otherwise). Empty for a plain exchange."""
+        ca_file = ca_file or self.ca_file
+        if not ca_file:
+            return {}
+        return {"SSL_CERT_FILE": str(ca_file), "REQUESTS_CA_BUNDLE": str(ca_file)}
 
     def call(self, action: str, **params):
         query = "&".join(f"{k}={v}" for k, v in params.items())
         url = f"{self.rest_url}/bench/{action}" + (f"?{query}" if query else "")
-        with urllib.request.urlopen(url, timeout=60) as response:
+        with urllib.request.urlopen(url, timeout=60, context=self._context) as response:
             return json.loads(response.read())
 
     def wait_subscribed(self, count: int, timeout: float, client: Child | None = None) -> float:

@@ -7,9 +7,11 @@ cryptofeed as its users run it: a FeedHandler, its BinanceFutures feed (symbols 
 symbols, yapic.json, uvloop), and a trade callback that makes one INSERT OR IGNORE per trade in
 its own transaction, WAL with synchronous=NORMAL, into tables the bench created with the store's
 DDL. Two changes point it at the local fake, and nothing else: a subclass of BinanceFutures
-whose endpoints are WS_BASE (`ws://host:port/market`) and REST_BASE, and a connection class
-that accepts `ws://` (cryptofeed refuses any address that is not `wss://`; the fake has no TLS,
-and TLS would cost the peer CPU the store does not pay here either).
+whose endpoints are WS_BASE (`ws://host:port/market`, or `wss://` over TLS) and REST_BASE, and
+a connection class that also accepts `ws://` (cryptofeed refuses any address that is not
+`wss://`), so that it runs on the same plain transport as the store. Over TLS nothing else
+changes: its websocket (websockets) trusts SSL_CERT_FILE, its REST calls (requests, which would
+use certifi's bundle) REQUESTS_CA_BUNDLE; the bench sets both to the exchange's CA.
 """
 
 import sqlite3

@@ -4,6 +4,8 @@ Each is made once with the interpreter .venv was made from, `pip install`s pinne
 is kept in /tmp/tickd-bench-venvs/ for the next run (`rm -rf /tmp/tickd-bench-venvs` removes
 them); only data folders are temporary per run. The recorders run from a copy in the part's
 temporary folder, with PYTHONPATH emptied, so nothing of the repository is importable to them.
+The card's leanest stack (`lean_recorder.py`) is the exception: it runs on .venv's interpreter,
+so that its gevent and websocket-client are the store's own, as requirements.txt pins them.
 """
 
 import shutil
@@ -40,6 +42,8 @@ def venv(name: str) -> Path:
 
 
 def python(name: str) -> Path:
+    if name == "lean":
+        return Path(sys.executable)  # .venv: the store's own gevent and websocket-client
     return venv(name) / "bin" / "python"
 
 
