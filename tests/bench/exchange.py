@@ -1,6 +1,7 @@
 """The bench's exchange: tickd's fake Binance with a tape that keeps nothing, driven over HTTP.
 
     PYTHONPATH=. .venv/bin/python tests/bench/exchange.py --count 100 [--weight-limit 2400]
+        [--tls --ca-file PATH]
 
 A `tickd.fakebinance.FakeBinance` (its websocket handshakes, raw and combined streams, pings,
 close handshake, firehose and REST weight accounting) in its own process, so that it and the
@@ -12,11 +13,18 @@ recorder under test each get a core. What the bench gives it:
 - firehose mode (`FakeBinance.firehose`): each raw-stream connection's writer makes trades for
   its symbol as fast as the socket takes them (TCP back-pressure paces it), 32 frames per
   `sendall`;
-- paced mode: Poisson arrivals at `rate` trades/s in all, each on a symbol drawn at random;
+- paced mode: Poisson arrivals at `rate` trades/s in all, each on a symbol drawn at random
+  (`skew`, `shift`: the k-th symbol with weight (k + shift) ** -skew, as `market.py` does);
 - a control API under `/bench/` (`FakeBinance(routes=...)`): `state`, `counts` (first id, last
-  id and count per symbol), `firehose?on=1|0`, `paced?rate=R` (0 stops), `probes?symbols=A,B`
-  and `sent` (the send time of every frame of the probe symbols, for latency), `skip?symbol=S&n=N`
-  (N ids that exist in history but are never streamed: a gap to repair), `rest_calls`.
+  id and count per symbol), `firehose?on=1|0`, `paced?rate=R[&skew=S&shift=Q]` (0 stops),
+  `probes?symbols=A,B` and `sent` (the send time of every frame of the probe symbols, for
+  latency), `skip?symbol=S&n=N` (N ids that exist in history but are never streamed: a gap
+  to repair), `rest_calls`, `tls_refusals` (OpenSSL's reason for every TLS handshake a
+  client broke off).
+
+With --tls, everything (streams, REST, the control API) is served over TLS, as the fake does it
+(`FakeBinance(tls=True)`): a certificate for 127.0.0.1 signed by a CA made at start, whose
+certificate is written to --ca-file for the clients to trust (SSL_CERT_FILE).
 
 Frames are byte for byte the raw aggTrade format of Binance USD-M futures (the fields of
 `shared/fixtures/ws_aggtrade_envelope.jsonl`): `T` is the wall-clock time the trade is made. The
@@ -29,6 +37,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import itertools  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
 import signal  # noqa: E402
@@ -100,7 +109,9 @@ class Counter:
 class Bench:
     """The fake exchange with a `Counter` per symbol, its paced market and the control API."""
 
-    def __init__(self, symbols, *, host="127.0.0.1", port=0, weight_limit=2400):
+    def __init__(
+        self, symbols, *, host="127.0.0.1", port=0, weight_limit=2400, tls=False, ca_file=None
+    ):
         t0 = int(time.time() * 1000) - 3_600_000
         self.tapes: dict[str, Counter] = {}
 
@@ -108,7 +119,17 @@ class Bench:
             self.tapes[symbol] = Counter(symbol, first_id, listed_at, t0)
             return self.tapes[symbol]
 
-        actions = ("state", "counts", "firehose", "paced", "probes", "sent", "skip", "rest_calls")
+        actions = (
+            "state",
+            "counts",
+            "firehose",
+            "paced",
+            "probes",
+            "sent",
+            "skip",
+            "rest_calls",
+            "tls_refusals",
+        )
         self.fake = FakeBinance(
             host,
             port,
@@ -119,6 +140,8 @@ class Bench:
             send_buffer=SEND_BUFFER,
             tape=tape,
             routes={f"/bench/{action}": getattr(self, action) for action in actions},
+            tls=tls,
+            ca_file=ca_file,
         )
         for i, symbol in enumerate(symbols):
             base = 8_309_170 + i * 1000
@@ -134,16 +157,23 @@ class Bench:
         self._paced.kill()
         self.fake.stop()
 
-    def run_paced(self, rate: float) -> None:
+    def run_paced(self, rate: float, skew: float = 0.0, shift: float = 0.0) -> None:
+        """Trades at Poisson times, `rate` a second in all; symbol k (from 1, in the order
+        given) drawn with weight (k + shift) ** -skew (skew 0: all alike)."""
         rng = random.Random(1)
         symbols = list(self.tapes)
+        weights = list(
+            itertools.accumulate((k + shift) ** -skew for k in range(1, len(symbols) + 1))
+        )
         due = time.monotonic()
-        while True:
+        for n in itertools.count():
             due += rng.expovariate(rate)
             delay = due - time.monotonic()
             if delay > 0:
                 gevent.sleep(delay)
-            self.fake.trade(symbols[rng.randrange(len(symbols))])
+            elif n % 64 == 0:
+                gevent.sleep(0)  # behind: still let the connections and REST run
+            self.fake.trade(rng.choices(symbols, cum_weights=weights)[0])
 
     # -- the control API: each takes the query parameters and returns what is answered as JSON
 
@@ -163,8 +193,9 @@ class Bench:
     def paced(self, query: dict) -> dict:
         self._paced.kill()
         rate = float(query.get("rate", "0"))
+        skew, shift = float(query.get("skew", "0")), float(query.get("shift", "0"))
         if rate > 0:
-            self._paced.spawn(self.run_paced, rate)
+            self._paced.spawn(self.run_paced, rate, skew, shift)
         return {"ok": True}
 
     def probes(self, query: dict) -> dict:
@@ -181,6 +212,9 @@ class Bench:
     def rest_calls(self, query: dict) -> int:
         return len(self.fake.rest_calls())
 
+    def tls_refusals(self, query: dict) -> list:
+        return [reason for _, reason in self.fake.tls_refusals()]
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -188,15 +222,20 @@ def main() -> int:
     parser.add_argument("--symbols", default="", help="comma-separated names instead")
     parser.add_argument("--weight-limit", type=int, default=2400)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tls", action="store_true", help="serve wss:// and https:// only")
+    parser.add_argument("--ca-file", help="with --tls: where to write the CA's certificate")
     args = parser.parse_args()
     symbols = [s for s in args.symbols.split(",") if s] or [
         f"S{i:04d}USDT" for i in range(args.count)
     ]
     stop = gevent.event.Event()
-    bench = Bench(symbols, port=args.port, weight_limit=args.weight_limit)
+    bench = Bench(
+        symbols, port=args.port, weight_limit=args.weight_limit, tls=args.tls, ca_file=args.ca_file
+    )
     bench.start()
     try:
-        print(f"listening port={bench.fake.port}", flush=True)
+        trust = f" ca_file={bench.fake.ca_file}" if args.tls else ""
+        print(f"listening port={bench.fake.port}{trust}", flush=True)
         for sig in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(sig, stop.set)
         stop.wait()

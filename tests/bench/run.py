@@ -3,7 +3,8 @@
     make bench                                   # everything (about 25 minutes)
     PYTHONPATH=. .venv/bin/python tests/bench/run.py [--quick] [PART ...]
 
-PART is any of: limit, ingest, realistic, idle, hub, status, disk, repair, import, profile
+PART is any of: limit, ingest, realistic, idle, hub, status, disk, repair, import, market,
+profile
 (default: all of them, in that order; `idle` runs in the background beside the others, since
 it mostly waits for the store's connection-attempt limit). --quick shortens every part to a
 smoke run of a few minutes: 1-minute load windows, 300 idle symbols, 2 M rows instead of 20 M, no
@@ -37,6 +38,7 @@ import importer
 import ingest
 import limit
 import load
+import market
 import scale
 
 PARTS = (
@@ -49,6 +51,7 @@ PARTS = (
     "disk",
     "repair",
     "import",
+    "market",
     "profile",
 )
 
@@ -64,6 +67,7 @@ def call(part: str, quick: bool, results: dict, parts=(), trees=None) -> None:
         "status+disk": lambda: scale.run(quick, "status" in parts, "disk" in parts),
         "repair": lambda: backfill.run(quick),
         "import": lambda: importer.run(quick),
+        "market": lambda: market.run(quick, peers=True),
         "profile": lambda: hotspots.run(quick),
     }
     start = time.monotonic()
