@@ -57,8 +57,11 @@ lock: install
 	$(PIP_COMPILE) -o requirements-dev.txt requirements-dev.in
 
 ## fake: a fake Binance on 127.0.0.1:9443 trading BTCUSDT and ETHUSDT, to try the store offline
+## (TLS=1: wss:// and https://, its CA written to .data/fake-ca.pem for SSL_CERT_FILE)
 fake: install
-	$(PY) -m tickd.fakebinance --port 9443 --symbols BTCUSDT,ETHUSDT
+	mkdir -p .data
+	$(PY) -m tickd.fakebinance --port 9443 --symbols BTCUSDT,ETHUSDT \
+		$(if $(TLS),--tls --ca-file .data/fake-ca.pem)
 
 ## bench-hub: /status latency and stream health while another program holds the write lock,
 ## for the store's cooperative wait and for SQLite's busy handler on the hub (~1 min)

@@ -1,6 +1,6 @@
 """The figures of docs/BENCHMARKS.md, in one run.
 
-    make bench                                   # everything (about 25 minutes)
+    make bench                                   # everything (about 2 hours)
     PYTHONPATH=. .venv/bin/python tests/bench/run.py [--quick] [PART ...]
 
 PART is any of: limit, ingest, realistic, idle, hub, status, disk, repair, import, market,
