@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 from helpers import FULL, Store, wait_for  # noqa: E402
+from tickd.database import Database  # noqa: E402
 from tickd.fakebinance import FakeBinance  # noqa: E402
 
 # make reliability runs the property tests with many more examples.
@@ -47,6 +48,15 @@ def no_leaks():
     except AssertionError:
         leaked = [os.readlink(f"/proc/self/fd/{fd}") for fd in _open_fds() - fds]
         raise AssertionError(f"descriptors left open: {leaked}") from None
+
+
+@pytest.fixture
+def db(tmp_path):
+    """The store's Database on a new file, open; closed at the end."""
+    database = Database(str(tmp_path / "ticks.db"), lock_wait=1.0)
+    database.open()
+    yield database
+    database.close()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from helpers import wait_for
 from tickd import admin
 from tickd.coverage import Coverage, Run
-from tickd.database import Database, create_prices, run_start
+from tickd.database import create_prices, run_start
 from tickd.wire import Tick
 
 T0 = 1_735_689_600_000  # 2025-01-01 00:00:00 UTC, ms
@@ -63,14 +63,6 @@ def test_a_later_look_counts_only_the_new_ids_and_the_one_below():
 
 def ticks(ids):
     return [Tick(i, T0 + i, 100.0 + i / 100) for i in ids]
-
-
-@pytest.fixture
-def db(tmp_path):
-    database = Database(str(tmp_path / "ticks.db"), lock_wait=1.0)
-    database.open()
-    yield database
-    database.close()
 
 
 def test_coverage_follows_the_table_as_holes_are_filled_and_tables_go(db):

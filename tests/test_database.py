@@ -29,14 +29,6 @@ SPEC_SETTINGS = (
 
 
 @pytest.fixture
-def db(tmp_path):
-    database = Database(str(tmp_path / "ticks.db"), lock_wait=1.0)
-    database.open()
-    yield database
-    database.close()
-
-
-@pytest.fixture
 def other(db):
     """Another program's connection to the same file."""
     conn = sqlite3.connect(db.path, isolation_level=None)
