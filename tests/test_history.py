@@ -935,8 +935,6 @@ def test_make_import_passes_its_arguments_as_single_arguments(tmp_path, fake):
 
 def test_an_archive_that_cannot_be_reached_is_a_download_failure(tmp_path):
     db = make_db(tmp_path / "ticks.db")
-    with FakeBinance() as fake:
-        url = fake.rest_url  # nothing listens there once the fake has stopped
     conn = admin.connect(db)
     try:
         importer = history.Importer(
@@ -945,7 +943,7 @@ def test_an_archive_that_cannot_be_reached_is_a_download_failure(tmp_path):
             D(2024, 3, 1),
             D(2024, 3, 1),
             db_path=db,
-            archive_url=url,
+            archive_url=closed_port_url(),
             rest=None,  # not needed: the day is too old for REST
             sleep=lambda seconds: None,
         )
