@@ -1,16 +1,16 @@
-"""WebSocket frames from the server, read in batches: one recv for as many frames as arrived.
+"""WebSocket frames from the server, read in batches: one read for as many frames as arrived.
 
 websocket-client does the handshake and sends pongs and close frames; reading is done here
 because its reader makes two or three recv calls per frame (header, then payload), each
 with a timeout object, and builds a frame object for each: a third of the CPU per tick.
+The bytes come from `transport.Connection.read`.
 """
 
 from __future__ import annotations
 
-import socket
+from collections.abc import Callable
 
 TEXT, BINARY, CONTINUATION, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
-RECV_SIZE = 65536
 
 
 class ProtocolError(Exception):
@@ -49,12 +49,13 @@ def split(buffer: bytearray, limit: int) -> tuple[list[tuple[int, bool, bytes]],
 
 
 class Reader:
-    """Frames from one socket. `read()` blocks until at least one complete frame arrived."""
+    """Frames from one connection. `read()` blocks until at least one complete frame arrived.
+    `receive()` blocks until bytes arrived and returns them all (b"": the peer closed)."""
 
-    __slots__ = ("_buffer", "_limit", "_sock")
+    __slots__ = ("_buffer", "_limit", "_receive")
 
-    def __init__(self, sock: socket.socket, limit: int):
-        self._sock = sock
+    def __init__(self, receive: Callable[[], bytes], limit: int):
+        self._receive = receive
         self._limit = limit
         self._buffer = bytearray()
 
@@ -62,7 +63,7 @@ class Reader:
         """Raises ConnectionError when the server closes the TCP connection."""
         buffer = self._buffer
         while True:
-            data = self._sock.recv(RECV_SIZE)
+            data = self._receive()
             if not data:
                 raise ConnectionResetError("connection closed without a close frame")
             buffer += data

@@ -20,7 +20,7 @@ import gevent.event
 import websocket
 from gevent.pool import Group
 
-from . import frames, symbols
+from . import frames, symbols, transport
 from .checks import Checks
 from .database import Database
 from .intake import Intake
@@ -44,10 +44,9 @@ def dial(url: str, timeout: float, tls: ssl.SSLContext | None = None) -> websock
     """Open a websocket to `url`; the handshake must finish within `timeout` seconds.
     A `wss://` URL uses `tls`, the process's one client context (building one costs
     milliseconds of CPU on the hub: too much for every dial of a thousand symbols)."""
-    # websocket-client does the handshake and sends; frames.Reader does the reading.
-    return websocket.create_connection(
-        url, timeout=timeout, enable_multithread=True, sslopt={"context": tls} if tls else None
-    )
+    # websocket-client does the HTTP upgrade and sends; frames.Reader reads, through
+    # transport.Connection (one read per wake-up, TLS decrypted in memory).
+    return transport.dial(url, timeout, tls)
 
 
 class Backoff:
@@ -132,7 +131,7 @@ class Session:
         """Hand every text message to `text` and answer pings, until the server closes;
         returns the close code. Raises OSError, frames.ProtocolError or what `text` raises."""
         ws = self.ws
-        reader = frames.Reader(ws.sock, MAX_MESSAGE)
+        reader = frames.Reader(ws.sock.read, MAX_MESSAGE)
         parts: list[bytes] = []
         size = 0
         while True:
