@@ -1,6 +1,8 @@
 """The status page: its shape against the spec's example, widths, uptime, hostile names."""
 
 import calendar
+import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -89,3 +91,55 @@ def test_an_empty_table_without_a_settings_row_is_not_listed(tmp_path):
         Row('x"y', False, invalid=True),
         Row("ETHUSDT", False, (ms("2026-11-30 04:56:16"), ms("2026-11-30 04:56:16"))),
     ]  # BTCUSDT and BTCUSD: empty tables, no settings row: nothing to say
+
+
+def spans(db, *symbols):
+    return {row.name: row.span for row in collect(db, dict.fromkeys(symbols, True), (), bool)}
+
+
+def test_the_page_follows_our_own_writes_without_reading_the_tables(db):
+    db.insert_many("BTCUSDT", [Tick(5, 5000, 1.0), Tick(6, 6000, 1.0)])
+    assert spans(db, "BTCUSDT") == {"BTCUSDT": (5000, 6000)}
+    statements = []
+    db.file.conn.set_trace_callback(statements.append)
+    try:
+        db.insert("BTCUSDT", Tick(7, 7000, 1.0))
+        db.insert("BTCUSDT", Tick(4, 4000, 1.0))  # a repaired older tick
+        db.insert("BTCUSDT", Tick(7, 7000, 1.0))  # already stored: changes nothing
+        assert spans(db, "BTCUSDT") == {"BTCUSDT": (4000, 7000)}
+    finally:
+        db.file.conn.set_trace_callback(None)
+    assert not [s for s in statements if "MIN(timestamp)" in s], "no table read again"
+
+
+@pytest.mark.parametrize(
+    ("change", "after"),
+    [
+        ("INSERT INTO prices_BTCUSDT VALUES (1, 1000, 1.0)", (1000, 6000)),  # an import
+        ("DELETE FROM prices_BTCUSDT WHERE id = 6", (5000, 5000)),  # rows removed by hand
+        ("DROP TABLE prices_BTCUSDT", None),
+    ],
+)
+def test_another_programs_commit_shows_on_the_next_page(db, change, after):
+    db.insert_many("BTCUSDT", [Tick(5, 5000, 1.0), Tick(6, 6000, 1.0)])
+    assert spans(db, "BTCUSDT") == {"BTCUSDT": (5000, 6000)}
+    other = sqlite3.connect(db.path, isolation_level=None)
+    try:
+        other.execute(change)
+    finally:
+        other.close()
+    assert spans(db, "BTCUSDT") == {"BTCUSDT": after}
+
+
+def test_a_reopened_file_is_read_again(db, tmp_path):
+    db.insert_many("BTCUSDT", [Tick(5, 5000, 1.0)])
+    assert spans(db, "BTCUSDT") == {"BTCUSDT": (5000, 5000)}
+    other = sqlite3.connect(tmp_path / "other.db", isolation_level=None)
+    try:
+        other.execute("CREATE TABLE prices_BTCUSDT (id INTEGER PRIMARY KEY, timestamp, price)")
+        other.execute("INSERT INTO prices_BTCUSDT VALUES (9, 9000, 1.0)")
+    finally:
+        other.close()
+    os.replace(tmp_path / "other.db", db.path)
+    db.file.reopen(rescue=False)
+    assert spans(db, "BTCUSDT") == {"BTCUSDT": (9000, 9000)}

@@ -727,6 +727,10 @@ class Database:
         self._tables: dict[str, _Tables] = {}
         self._throttle = Throttle(60.0, clock)
         self.write_latency = Latency(WRITE_BUCKETS)  # each write, lock waits included
+        # [first, last] tick time per symbol for the status page, kept up to date by our
+        # writes; forgotten when another connection commits (`fresh_spans`).
+        self._spans: dict[str, list[int]] = {}
+        self._spans_seen: tuple[sqlite3.Connection, int] | None = None
 
     def open(self) -> None:
         """Open the file (see `Handle.open`). Raises sqlite3.DatabaseError if unusable."""
@@ -776,6 +780,13 @@ class Database:
                 self._retry(self._create, tables)
                 self._retry(self._write, tables, ticks)
             self.write_latency.observe(time.perf_counter() - start)
+            span = self._spans.get(symbol)
+            if span is not None:
+                for tick in ticks:
+                    if tick[1] > span[1]:
+                        span[1] = tick[1]
+                    elif tick[1] < span[0]:
+                        span[0] = tick[1]
             return True
         except sqlite3.Error as exc:
             self._log_write_error(symbol, len(ticks), exc)
@@ -829,7 +840,11 @@ class Database:
         return [name[len("prices_") :] for (name,) in rows]
 
     def first_last(self, symbol: str) -> tuple[int, int] | None:
-        """(first, last) tick timestamp of `symbol`, None if it has no table or no rows."""
+        """(first, last) tick timestamp of `symbol`, None if it has no table or no rows.
+        Read once, then kept by our own writes until `fresh_spans` finds another writer."""
+        span = self._spans.get(symbol)
+        if span is not None:
+            return span[0], span[1]
         try:
             first, last = self._retry(
                 lambda: self.file.conn.execute(self._sql(symbol).first_last).fetchone()
@@ -838,7 +853,24 @@ class Database:
             if exc.sqlite_errorcode == sqlite3.SQLITE_ERROR:
                 return None  # no such table
             raise
-        return None if first is None else (first, last)
+        if first is None:
+            return None
+        self._spans[symbol] = [first, last]
+        return first, last
+
+    def fresh_spans(self) -> None:
+        """Forget the spans `first_last` keeps if another connection has committed since the
+        last call (an import, a row deleted by hand, a table dropped) or the file was
+        reopened: the next `first_last` of each symbol reads its table again."""
+
+        def version() -> tuple[sqlite3.Connection, int]:
+            conn = self.file.conn
+            return conn, conn.execute("PRAGMA data_version").fetchone()[0]
+
+        seen = self._retry(version)  # connections compare by identity
+        if seen != self._spans_seen:
+            self._spans.clear()
+            self._spans_seen = seen
 
     def max_id(self, symbol: str) -> int | None:
         """The highest stored trade id of `symbol`, None if none. Raises sqlite3.Error."""

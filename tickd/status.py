@@ -74,17 +74,20 @@ def collect(
     """The page's rows: symbol_settings' symbols in row order, refused names, then symbols
     that still have ticks in their table but no settings row (off). An empty table without a
     settings row (a symbol removed before it traded, a typo) is left out: it says nothing."""
+    db.fresh_spans()
     rows = []
     for symbol, on in enabled.items():
         rows.append(Row(symbol, on and connected(symbol), db.first_last(symbol)))
     rows.extend(Row(name, False, invalid=True) for name in invalid)
     listed = set(enabled)
     for table in db.price_tables():
+        if table in listed:
+            continue
         try:
             symbol = symbols.normalise(table)
         except symbols.InvalidSymbol:
             continue
-        if symbol != table or symbol in listed:
+        if symbol != table:
             continue
         span = db.first_last(symbol)
         if span is not None:

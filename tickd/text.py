@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 import unicodedata
 from collections.abc import Iterable
@@ -12,6 +13,8 @@ STATE_WIDTH = 8  # "on" and six spaces
 
 def width(text: str) -> int:
     """Columns `text` takes in a terminal: wide East Asian characters count two, marks none."""
+    if text.isascii() and text.isprintable():
+        return len(text)  # every symbol Binance lists: one column a character
     total = 0
     for char in text:
         if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
@@ -37,7 +40,12 @@ def _escape(char: str) -> str:
 
 def format_time(ms: int) -> str:
     """`2026-11-30 04:56:16` (UTC, to the second) for a time in ms since the epoch."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms // 1000))
+    return _format_second(ms // 1000)
+
+
+@functools.lru_cache(maxsize=4096)  # a status page of 600 symbols shows 1,200 times
+def _format_second(second: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
 
 
 def iso_time(ms: int) -> str:
