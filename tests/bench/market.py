@@ -2,7 +2,7 @@
 rates follow a steep power law, 2,000 trades/s in all with minute-long spikes to 10,000.
 
     PYTHONPATH=. .venv/bin/python tests/bench/market.py [--quick] [--plain] [--peers]
-        [--symbols 600] [--minutes 10]
+        [--symbols 600] [--minutes 10] [--also-tree DIR=NAME ...]
 
 Shape. Symbol k (1 = the busiest) gets a share proportional to (k + 4.56) ** -2.24: the top
 symbol 20 % of all trades (400/s at 2,000/s), the top ten 74 %, the median symbol (k = 300)
@@ -22,6 +22,9 @@ RSS             peak and end, sampled every second
 completeness    every id the exchange made, stored: count, lowest and highest id per table
                 equal to the exchange's, after the load stops (repair given up to 3 minutes)
 
+--also-tree DIR=NAME: also the store of another source tree (`git archive COMMIT | tar -x -C
+DIR`), as `store@NAME`, right after the store: a before/after on the same load.
+
 --quick: 250 symbols (under the 300-attempt window: they connect in about 25 s), 2 minutes,
 one 30 s spike. Every process is stopped and the temporary folder removed, also on failure.
 """
@@ -33,6 +36,7 @@ import statistics
 import sys
 import threading
 import time
+from pathlib import Path
 
 import load
 from common import (
@@ -44,6 +48,7 @@ from common import (
     say,
     stored,
     symbol_names,
+    tree_state,
     workdir,
 )
 
@@ -70,12 +75,14 @@ def schedule(minutes: float, quick: bool) -> list[tuple[float, float]]:
     return steps
 
 
-def measure(subject: str, symbols: list[str], minutes: float, quick: bool, tls: bool) -> dict:
+def measure(
+    subject: str, symbols: list[str], minutes: float, quick: bool, tls: bool, *, tree=None
+) -> dict:
     with (
         workdir(f"market-{subject.replace('/', '-')}") as folder,
         Exchange(folder, len(symbols), tls=tls, weight_limit=2400) as exchange,
     ):
-        proc, db_path = load.subject_process(subject, folder, exchange, symbols)
+        proc, db_path = load.subject_process(subject, folder, exchange, symbols, tree=tree)
         with proc:
             started = time.monotonic()
             if load.is_store(subject):
@@ -158,7 +165,9 @@ def run(
     minutes: float | None = None,
     tls: bool = True,
     peers: bool = False,
+    trees: dict | None = None,
 ) -> dict:
+    """`trees`: {name: folder} of other source trees whose store runs too, as `store@name`."""
     count = count or (250 if quick else 600)
     minutes = minutes or (2.0 if quick else 10.0)
     symbols = symbol_names(count)
@@ -169,10 +178,14 @@ def run(
         f"{top[count // 2] * RATE * 60:.1f}/min, {'TLS' if tls else 'plain'}"
     )
     scheme = "/tls" if tls else ""
-    subjects = [f"store{scheme}"] + ([f"cryptofeed{scheme}", f"naive{scheme}"] if peers else [])
+    folders = {f"store@{name}{scheme}": Path(folder) for name, folder in (trees or {}).items()}
+    subjects = [f"store{scheme}", *folders]
+    subjects += [f"cryptofeed{scheme}", f"naive{scheme}"] if peers else []
+    for subject, folder in folders.items():
+        say(f"market: {subject} is {tree_state(folder)}")
     results = {}
     for subject in subjects:
-        results[subject] = measure(subject, symbols, minutes, quick, tls)
+        results[subject] = measure(subject, symbols, minutes, quick, tls, tree=folders.get(subject))
     report(results, count)
     return results
 
@@ -211,7 +224,7 @@ def report(results: dict, count: int) -> None:
         )
     store = next((r for s, r in results.items() if s.startswith("store")), None)
     for subject, r in results.items():
-        if store is not None and r is not store:
+        if store is not None and r is not store and not subject.startswith("store@"):
             figure(
                 f"market: store / {subject} CPU per tick",
                 store["us_per_tick"] / r["us_per_tick"],
@@ -226,8 +239,28 @@ def main() -> int:
     parser.add_argument("--peers", action="store_true", help="cryptofeed and naive too")
     parser.add_argument("--symbols", type=int, help="how many (default 600; --quick 250)")
     parser.add_argument("--minutes", type=float, help="the window (default 10; --quick 2)")
+    parser.add_argument(
+        "--also-tree",
+        action="append",
+        default=[],
+        metavar="DIR=NAME",
+        help="also the store of the source tree DIR, as store@NAME",
+    )
     args = parser.parse_args()
-    run(args.quick, count=args.symbols, minutes=args.minutes, tls=not args.plain, peers=args.peers)
+    trees = {}
+    for spec in args.also_tree:
+        folder, _, name = spec.rpartition("=")
+        if not (folder and name and (Path(folder) / "tickd" / "app.py").is_file()):
+            parser.error(f"--also-tree {spec}: wanted DIR=NAME, DIR holding tickd/app.py")
+        trees[name] = Path(folder).resolve()
+    run(
+        args.quick,
+        count=args.symbols,
+        minutes=args.minutes,
+        tls=not args.plain,
+        peers=args.peers,
+        trees=trees,
+    )
     return 0
 
 

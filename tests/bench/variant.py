@@ -28,13 +28,12 @@ A patch whose target no longer exists in tickd stops the process with exit code 
                      pages, on the hub (its fsync stalls every greenlet). What the thread costs.
   no_write           the INSERT is skipped (nothing stored): what reading, parsing and the
                      hub cost without the commit. Not a proposal, a measure of the floor.
-  recv_into          the frame reader reads into one preallocated 64 KiB buffer (recv_into)
-                     instead of asking for a new 64 KiB bytes object per read, and copies only
-                     what arrived: over TLS, `SSLSocket.recv` allocates what it is asked for.
-  wait_readable      the frame reader waits until the socket is readable (its own watcher)
-                     before reading, unless TLS has decrypted bytes pending, instead of reading
-                     first: no read that fails with EAGAIN, no exception per wake-up
-                     (SSLWantReadError over TLS, BlockingIOError plain).
+  page_cache         the store's connection keeps 64 MiB of pages instead of SQLite's 2 MB:
+                     the pages each INSERT reads (two B-tree paths per table: rows and the
+                     timestamp index) of hundreds of tables stay in memory.
+  mmap               SQLite reads the database file through a 256 MiB memory map (mmap_size)
+                     instead of read() into its page cache.
+  libuv              gevent's libuv loop instead of libev (GEVENT_LOOP=libuv does the same).
 """
 
 from gevent import monkey
@@ -43,7 +42,6 @@ monkey.patch_all()
 
 import os  # noqa: E402
 import sqlite3  # noqa: E402
-import ssl  # noqa: E402 (gevent's SSLSocket, once patched)
 import sys  # noqa: E402
 
 import gevent  # noqa: E402
@@ -127,49 +125,29 @@ def no_write() -> None:
     Database.insert = lambda self, symbol, tick: True
 
 
-def _reader(*, into: bool, wait: bool):
-    """A frames.Reader.read: reading into one shared buffer (`into`), and waiting until the
-    socket is readable before each read (`wait`)."""
-    from tickd import frames  # noqa: PLC0415 (the batch reader, absent from older trees)
+def _pragma(statement: str) -> None:
+    setup = File._setup
 
-    scratch = memoryview(bytearray(frames.RECV_SIZE))  # copied out before any other greenlet
+    def setup_with(conn):
+        setup(conn)
+        conn.execute(statement)
 
-    def read(self):
-        sock, buffer = self._sock, self._buffer
-        tls = isinstance(sock, ssl.SSLSocket)  # (getattr(sock, "pending") raises when plain)
-        while True:
-            # An SSLSocket's pending(): bytes it has decrypted and not handed out yet.
-            if wait and not (tls and sock.pending()):
-                sock._wait(sock._read_event)  # gevent's own watcher of this socket
-            if into:
-                n = sock.recv_into(scratch)
-                if not n:
-                    raise ConnectionResetError("connection closed without a close frame")
-                buffer += scratch[:n]
-            else:
-                data = sock.recv(frames.RECV_SIZE)
-                if not data:
-                    raise ConnectionResetError("connection closed without a close frame")
-                buffer += data
-            batch, used = frames.split(buffer, self._limit)
-            if batch:
-                del buffer[:used]
-                return batch
-
-    frames.Reader.read = read
+    File._setup = staticmethod(setup_with)
 
 
-_READ = {"into": False, "wait": False}  # the reader's changes asked for so far: they combine
+def page_cache() -> None:
+    _pragma("PRAGMA cache_size = -65536")
 
 
-def recv_into() -> None:
-    _READ["into"] = True
-    _reader(**_READ)
+def mmap() -> None:
+    _pragma("PRAGMA mmap_size = 268435456")
 
 
-def wait_readable() -> None:
-    _READ["wait"] = True
-    _reader(**_READ)
+def libuv() -> None:
+    gevent.config.loop = "libuv"
+    loop = gevent.get_hub().loop  # made now, unless a hub existed already
+    if "libuv" not in type(loop).__module__:
+        raise AttributeError(f"the hub runs {type(loop).__module__} already")
 
 
 PATCHES = {
@@ -179,8 +157,9 @@ PATCHES = {
     "slow_checkpoint": slow_checkpoint,
     "sqlite_autocheckpoint": sqlite_autocheckpoint,
     "no_write": no_write,
-    "recv_into": recv_into,
-    "wait_readable": wait_readable,
+    "page_cache": page_cache,
+    "mmap": mmap,
+    "libuv": libuv,
 }
 
 
