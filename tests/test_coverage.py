@@ -83,7 +83,11 @@ def test_coverage_follows_the_table_as_holes_are_filled_and_tables_go(db):
     coverage.refresh()
     assert coverage.runs["BTCUSDT"] == Run(460, T0 + 460, 460)
 
-    db.file.conn.execute('DROP TABLE "prices_ETHUSDT"')
+    other = sqlite3.connect(db.path, isolation_level=None)  # another program drops it
+    try:
+        other.execute('DROP TABLE "prices_ETHUSDT"')
+    finally:
+        other.close()
     coverage.refresh()
     assert set(coverage.runs) == {"BTCUSDT"}
     coverage.forget()

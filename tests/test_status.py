@@ -6,6 +6,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import gevent
 import pytest
 
 from tickd.database import Database
@@ -143,3 +144,41 @@ def test_a_reopened_file_is_read_again(db, tmp_path):
     os.replace(tmp_path / "other.db", db.path)
     db.file.reopen(rescue=False)
     assert spans(db, "BTCUSDT") == {"BTCUSDT": (9000, 9000)}
+
+
+def test_a_symbol_without_ticks_is_not_read_again_and_its_first_tick_shows(db):
+    assert spans(db, "ETHUSDT") == {"ETHUSDT": None}  # no table yet
+    statements = []
+    db.file.conn.set_trace_callback(statements.append)
+    try:
+        db.ensure_table("ETHUSDT")
+        db.insert("ETHUSDT", Tick(1, 1000, 1.0))
+        assert spans(db, "ETHUSDT") == {"ETHUSDT": (1000, 1000)}
+    finally:
+        db.file.conn.set_trace_callback(None)
+    assert not [s for s in statements if "MIN(timestamp)" in s or "sqlite_master" in s]
+
+
+def test_a_table_another_program_fills_is_listed_on_the_next_page(db):
+    assert spans(db) == {}
+    other = sqlite3.connect(db.path, isolation_level=None)
+    try:
+        other.execute("CREATE TABLE prices_XRPUSDT (id INTEGER PRIMARY KEY, timestamp, price)")
+        other.execute("INSERT INTO prices_XRPUSDT VALUES (3, 3000, 1.0)")
+    finally:
+        other.close()
+    assert spans(db) == {"XRPUSDT": (3000, 3000)}
+
+
+def test_the_page_does_not_wait_while_the_connection_is_held(db):
+    db.insert_many("BTCUSDT", [Tick(5, 5000, 1.0)])
+    assert spans(db, "BTCUSDT") == {"BTCUSDT": (5000, 5000)}
+    holder = gevent.spawn(db.file.run, gevent.sleep, 30)  # as a checkpoint holds it
+    try:
+        gevent.sleep(0)
+        assert db.file.busy
+        page = gevent.spawn(spans, db, "BTCUSDT")
+        assert page.get(timeout=2) == {"BTCUSDT": (5000, 5000)}
+        assert not holder.dead
+    finally:
+        holder.kill()

@@ -61,6 +61,7 @@ class Coverage:
     def refresh(self) -> None:
         """Look at every table once; a table that cannot be read keeps its last run."""
         try:
+            self._db.refresh()  # tables another program made since
             symbols = self._db.price_tables()
         except sqlite3.Error as exc:
             self._failed("", exc)

@@ -14,6 +14,7 @@ WAL checkpoints, which fsync, run on a second connection in gevent's thread pool
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
 import logging
@@ -506,9 +507,11 @@ class _Tables:
         "insert",
         "max_id",
         "since",
+        "symbol",
     )
 
     def __init__(self, symbol: str):
+        self.symbol = symbol
         table = quote("prices_" + symbol)
         self.create = PRICES_DDL.format(table=table)
         self.index = INDEX_DDL.format(index=quote(f"idx_prices_{symbol}_timestamp"), table=table)
@@ -657,6 +660,11 @@ class Handle:
         self.open()
         return copy
 
+    @property
+    def busy(self) -> bool:
+        """A greenlet (or the checkpoint) is using the connection: `run` would wait."""
+        return self._semaphore.locked()
+
     def checkpoint(self) -> tuple[int, int, int]:
         """Copy committed WAL frames into the database, in a worker thread.
 
@@ -727,10 +735,12 @@ class Database:
         self._tables: dict[str, _Tables] = {}
         self._throttle = Throttle(60.0, clock)
         self.write_latency = Latency(WRITE_BUCKETS)  # each write, lock waits included
-        # [first, last] tick time per symbol for the status page, kept up to date by our
-        # writes; forgotten when another connection commits (`fresh_spans`).
-        self._spans: dict[str, list[int]] = {}
-        self._spans_seen: tuple[sqlite3.Connection, int] | None = None
+        # What the status page shows, kept so that it need not read the file: [first, last]
+        # tick time per symbol (None: no rows), kept up to date by our writes, and the
+        # prices_ tables; forgotten when another connection commits (`refresh`).
+        self._spans: dict[str, list[int] | None] = {}
+        self._names: list[str] | None = None
+        self._seen: tuple[sqlite3.Connection, int] | None = None
 
     def open(self) -> None:
         """Open the file (see `Handle.open`). Raises sqlite3.DatabaseError if unusable."""
@@ -756,6 +766,8 @@ class Database:
         with transaction(conn):
             conn.execute(tables.create)
             conn.execute(tables.index)
+        if self._names is not None and tables.symbol not in self._names:
+            bisect.insort(self._names, tables.symbol)
 
     def insert(self, symbol: str, tick: Tick) -> bool:
         """Store one tick in its own transaction; False (logged) if it could not be written.
@@ -780,13 +792,8 @@ class Database:
                 self._retry(self._create, tables)
                 self._retry(self._write, tables, ticks)
             self.write_latency.observe(time.perf_counter() - start)
-            span = self._spans.get(symbol)
-            if span is not None:
-                for tick in ticks:
-                    if tick[1] > span[1]:
-                        span[1] = tick[1]
-                    elif tick[1] < span[0]:
-                        span[0] = tick[1]
+            if symbol in self._spans:
+                self._widen(symbol, ticks)
             return True
         except sqlite3.Error as exc:
             self._log_write_error(symbol, len(ticks), exc)
@@ -800,6 +807,16 @@ class Database:
             return
         with transaction(conn):
             conn.executemany(tables.insert, ticks)
+
+    def _widen(self, symbol: str, ticks: Sequence[Tick]) -> None:
+        span = self._spans[symbol]
+        if span is None:
+            span = self._spans[symbol] = [ticks[0][1], ticks[0][1]]
+        for tick in ticks:
+            if tick[1] > span[1]:
+                span[1] = tick[1]
+            elif tick[1] < span[0]:
+                span[0] = tick[1]
 
     def _log_write_error(self, symbol: str, count: int, exc: sqlite3.Error) -> None:
         name = getattr(exc, "sqlite_errorname", type(exc).__name__)
@@ -830,47 +847,53 @@ class Database:
         return read_settings(self.file.conn)
 
     def price_tables(self) -> list[str]:
-        """Symbols that have a prices_ table, as named in the file, sorted."""
-        rows = self._retry(
-            lambda: self.file.conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' "
-                "AND name LIKE 'prices!_%' ESCAPE '!' ORDER BY name"
-            ).fetchall()
-        )
-        return [name[len("prices_") :] for (name,) in rows]
+        """Symbols that have a prices_ table, as named in the file, sorted. Read once, then
+        kept (with the tables we create) until `refresh` finds another writer."""
+        if self._names is None:
+            rows = self._retry(
+                lambda: self.file.conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' "
+                    "AND name LIKE 'prices!_%' ESCAPE '!' ORDER BY name"
+                ).fetchall()
+            )
+            self._names = [name[len("prices_") :] for (name,) in rows]
+        return list(self._names)
 
     def first_last(self, symbol: str) -> tuple[int, int] | None:
         """(first, last) tick timestamp of `symbol`, None if it has no table or no rows.
-        Read once, then kept by our own writes until `fresh_spans` finds another writer."""
-        span = self._spans.get(symbol)
-        if span is not None:
-            return span[0], span[1]
+        Read once, then kept by our own writes until `refresh` finds another writer."""
+        if symbol in self._spans:
+            span = self._spans[symbol]
+            return None if span is None else (span[0], span[1])
         try:
             first, last = self._retry(
                 lambda: self.file.conn.execute(self._sql(symbol).first_last).fetchone()
             )
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode == sqlite3.SQLITE_ERROR:
-                return None  # no such table
-            raise
-        if first is None:
-            return None
-        self._spans[symbol] = [first, last]
-        return first, last
+            if exc.sqlite_errorcode != sqlite3.SQLITE_ERROR:
+                raise
+            first = last = None  # no such table
+        self._spans[symbol] = None if first is None else [first, last]
+        return None if first is None else (first, last)
 
-    def fresh_spans(self) -> None:
-        """Forget the spans `first_last` keeps if another connection has committed since the
-        last call (an import, a row deleted by hand, a table dropped) or the file was
-        reopened: the next `first_last` of each symbol reads its table again."""
+    def refresh(self, wait: bool = True) -> None:
+        """Forget what `first_last` and `price_tables` keep if another connection has
+        committed since the last call (an import, a row deleted by hand, a table dropped)
+        or the file was reopened: they read the file again next time. With `wait` False,
+        if the connection is in use (a checkpoint holds it for tens of milliseconds a
+        second), do nothing: the status page answers from memory and the next one checks."""
+        if not wait and self.file.busy:
+            return
 
         def version() -> tuple[sqlite3.Connection, int]:
             conn = self.file.conn
             return conn, conn.execute("PRAGMA data_version").fetchone()[0]
 
         seen = self._retry(version)  # connections compare by identity
-        if seen != self._spans_seen:
+        if seen != self._seen:
             self._spans.clear()
-            self._spans_seen = seen
+            self._names = None
+            self._seen = seen
 
     def max_id(self, symbol: str) -> int | None:
         """The highest stored trade id of `symbol`, None if none. Raises sqlite3.Error."""

@@ -74,7 +74,7 @@ def collect(
     """The page's rows: symbol_settings' symbols in row order, refused names, then symbols
     that still have ticks in their table but no settings row (off). An empty table without a
     settings row (a symbol removed before it traded, a typo) is left out: it says nothing."""
-    db.fresh_spans()
+    db.refresh(wait=False)  # never behind a checkpoint: what is kept is at most a page old
     rows = []
     for symbol, on in enabled.items():
         rows.append(Row(symbol, on and connected(symbol), db.first_last(symbol)))
