@@ -31,6 +31,10 @@ A patch whose target no longer exists in tickd stops the process with exit code 
   page_cache         the store's connection keeps 64 MiB of pages instead of SQLite's 2 MB:
                      the pages each INSERT reads (two B-tree paths per table: rows and the
                      timestamp index) of hundreds of tables stay in memory.
+  page_1k, page_2k   a new database file gets pages of 1,024 or 2,048 bytes instead of 4,096:
+                     each commit writes (and checksums) two pages to the WAL, a table leaf and
+                     an index leaf, so a smaller page is fewer bytes per tick. Readers of the
+                     file then walk more, smaller pages.
   mmap               SQLite reads the database file through a 256 MiB memory map (mmap_size)
                      instead of read() into its page cache.
   libuv              gevent's libuv loop instead of libev (GEVENT_LOOP=libuv does the same).
@@ -135,6 +139,25 @@ def _pragma(statement: str) -> None:
     File._setup = staticmethod(setup_with)
 
 
+def _page_size(size: int) -> None:
+    setup = File._setup
+
+    def setup_with(conn):
+        # Before WAL mode: a new file's page size is fixed when its header is first written.
+        conn.execute(f"PRAGMA page_size = {size}")
+        setup(conn)
+
+    File._setup = staticmethod(setup_with)
+
+
+def page_1k() -> None:
+    _page_size(1024)
+
+
+def page_2k() -> None:
+    _page_size(2048)
+
+
 def page_cache() -> None:
     _pragma("PRAGMA cache_size = -65536")
 
@@ -158,6 +181,8 @@ PATCHES = {
     "sqlite_autocheckpoint": sqlite_autocheckpoint,
     "no_write": no_write,
     "page_cache": page_cache,
+    "page_1k": page_1k,
+    "page_2k": page_2k,
     "mmap": mmap,
     "libuv": libuv,
 }
