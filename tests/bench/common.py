@@ -105,6 +105,28 @@ def tree_state(root: Path = ROOT) -> str:
 # -- temporary folders and processes --------------------------------------------------------
 
 
+def add_also_tree(parser, what: str = "") -> None:
+    """--also-tree DIR=NAME (repeatable): the store of another source tree, as store@NAME."""
+    parser.add_argument(
+        "--also-tree",
+        action="append",
+        default=[],
+        metavar="DIR=NAME",
+        help=f"{what}also the store of the source tree DIR, as store@NAME",
+    )
+
+
+def also_trees(parser, specs) -> dict[str, Path]:
+    """{NAME: DIR} of the --also-tree arguments; a DIR without tickd/app.py is an error."""
+    trees = {}
+    for spec in specs:
+        folder, _, name = spec.rpartition("=")
+        if not (folder and name and (Path(folder) / "tickd" / "app.py").is_file()):
+            parser.error(f"--also-tree {spec}: wanted DIR=NAME, DIR holding tickd/app.py")
+        trees[name] = Path(folder).resolve()
+    return trees
+
+
 @contextlib.contextmanager
 def workdir(prefix: str):
     path = Path(tempfile.mkdtemp(prefix=f"tickd-bench-{prefix}-"))

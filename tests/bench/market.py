@@ -41,6 +41,8 @@ from pathlib import Path
 import load
 from common import (
     Exchange,
+    add_also_tree,
+    also_trees,
     completeness,
     figure,
     get_seconds,
@@ -239,20 +241,9 @@ def main() -> int:
     parser.add_argument("--peers", action="store_true", help="cryptofeed and naive too")
     parser.add_argument("--symbols", type=int, help="how many (default 600; --quick 250)")
     parser.add_argument("--minutes", type=float, help="the window (default 10; --quick 2)")
-    parser.add_argument(
-        "--also-tree",
-        action="append",
-        default=[],
-        metavar="DIR=NAME",
-        help="also the store of the source tree DIR, as store@NAME",
-    )
+    add_also_tree(parser)
     args = parser.parse_args()
-    trees = {}
-    for spec in args.also_tree:
-        folder, _, name = spec.rpartition("=")
-        if not (folder and name and (Path(folder) / "tickd" / "app.py").is_file()):
-            parser.error(f"--also-tree {spec}: wanted DIR=NAME, DIR holding tickd/app.py")
-        trees[name] = Path(folder).resolve()
+    trees = also_trees(parser, args.also_tree)
     run(
         args.quick,
         count=args.symbols,

@@ -28,7 +28,6 @@ import sys
 import threading
 import time
 import traceback
-from pathlib import Path
 
 import backfill
 import common
@@ -83,21 +82,10 @@ def call(part: str, quick: bool, results: dict, parts=(), trees=None) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few minutes")
-    parser.add_argument(
-        "--also-tree",
-        action="append",
-        default=[],
-        metavar="DIR=NAME",
-        help="realistic: also the store of the source tree DIR, as store@NAME",
-    )
+    common.add_also_tree(parser, "realistic: ")
     parser.add_argument("parts", nargs="*", metavar="PART", help=", ".join(PARTS))
     args = parser.parse_args()
-    trees = {}
-    for spec in args.also_tree:
-        folder, _, name = spec.rpartition("=")
-        if not (folder and name and (Path(folder) / "tickd" / "app.py").is_file()):
-            parser.error(f"--also-tree {spec}: wanted DIR=NAME, DIR holding tickd/app.py")
-        trees[name] = Path(folder).resolve()
+    trees = common.also_trees(parser, args.also_tree)
     unknown = set(args.parts) - set(PARTS)
     if unknown:
         parser.error(f"unknown {', '.join(sorted(unknown))}; parts are {', '.join(PARTS)}")
