@@ -76,15 +76,20 @@ def pair():
     theirs.close()
 
 
-@pytest.fixture
-def tls(pair, ca):
-    """A Connection after its handshake, and its peer."""
+def meet(pair, ca, hostname):
+    """Our Connection to `hostname` (trusting `ca`), its peer, and the peer's handshake
+    running in a greenlet; our handshake is the caller's."""
     ours, theirs = pair
     context = ssl.create_default_context()
     ca.configure_trust(context)
     peer = Peer(theirs, ca)
-    server = gevent.spawn(peer.handshake)
-    connection = Connection(ours, context, HOST)
+    return Connection(ours, context, hostname), peer, gevent.spawn(peer.handshake)
+
+
+@pytest.fixture
+def tls(pair, ca):
+    """A Connection after its handshake, and its peer."""
+    connection, peer, server = meet(pair, ca, HOST)
     connection.handshake()
     server.get(timeout=5)
     yield connection, peer
@@ -174,12 +179,7 @@ def test_closing_wakes_a_reader_waiting_in_another_greenlet(tls, drained_first):
 
 
 def test_a_certificate_for_another_name_is_refused(pair, ca):
-    ours, theirs = pair
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    peer = Peer(theirs, ca)
-    server = gevent.spawn(peer.handshake)
-    connection = Connection(ours, context, "other.tickd.test")
+    connection, _, server = meet(pair, ca, "other.tickd.test")
     with pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch"):
         connection.handshake()
     connection.close()

@@ -53,10 +53,10 @@ class Connection:
         """With `context`, TLS to `hostname` (checked against its certificate if the context
         says so); call `handshake()` next."""
         self._sock = sock
-        self._incoming = ssl.MemoryBIO()  # ciphertext read from the socket, not yet decrypted
-        self._outgoing = ssl.MemoryBIO()  # ciphertext OpenSSL made, not yet sent
-        self._tls = None
+        self._tls: ssl.SSLObject | None = None
         if context is not None:
+            self._incoming = ssl.MemoryBIO()  # ciphertext read, not yet decrypted
+            self._outgoing = ssl.MemoryBIO()  # ciphertext OpenSSL made, not yet sent
             self._tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=hostname)
         self._chunks: list[bytes] = []  # plaintext received and not yet handed out
         self._eof = False  # the peer ended the TLS session (close_notify)
