@@ -14,7 +14,7 @@ import gevent  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
-from helpers import FULL, Store, wait_for  # noqa: E402
+from helpers import FULL, stores_against, wait_for  # noqa: E402
 from tickd.database import Database  # noqa: E402
 from tickd.fakebinance import FakeBinance  # noqa: E402
 
@@ -68,14 +68,5 @@ def fake():
 @pytest.fixture
 def make_store(tmp_path, fake):
     """Builds Stores pointed at the fake exchange; kills whatever is left at the end."""
-    stores = []
-
-    def make(**env):
-        env = {"BINANCE_WS_URL": fake.ws_url, "BINANCE_REST_URL": fake.rest_url, **env}
-        store = Store(tmp_path / "ticks.db", env)
-        stores.append(store)
-        return store
-
-    yield make
-    for store in stores:
-        store.close()
+    with stores_against(tmp_path, fake) as make:
+        yield make

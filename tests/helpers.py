@@ -5,6 +5,7 @@ Fixtures stay in conftest.py (pytest finds them there); they, and the tests, imp
 The test process is monkey-patched by conftest.py before this module is imported.
 """
 
+import contextlib
 import logging
 import os
 import re
@@ -132,6 +133,25 @@ class Store:
     def rows(self, symbol):
         table = '"prices_' + symbol.replace('"', '""') + '"'
         return self.sql(f"SELECT id, timestamp, price FROM {table} ORDER BY id")
+
+
+@contextlib.contextmanager
+def stores_against(folder, exchange, **fixed):
+    """Yields `make(**env)`, which builds Stores on `folder`/ticks.db pointed at `exchange`
+    (with `fixed` in their environment too); every one built is closed at the end."""
+    stores = []
+
+    def make(**env):
+        urls = {"BINANCE_WS_URL": exchange.ws_url, "BINANCE_REST_URL": exchange.rest_url}
+        store = Store(folder / "ticks.db", {**urls, **fixed, **env})
+        stores.append(store)
+        return store
+
+    try:
+        yield make
+    finally:
+        for store in stores:
+            store.close()
 
 
 def enable(store, *symbols, fake=None):

@@ -9,7 +9,15 @@ import urllib.request
 import pytest
 import websocket
 
-from helpers import Store, enable, expected, rows, wait_complete, wait_connected, wait_for
+from helpers import (
+    enable,
+    expected,
+    rows,
+    stores_against,
+    wait_complete,
+    wait_connected,
+    wait_for,
+)
 from tickd.fakebinance import FakeBinance
 from tickd.limits import WeightLimiter
 from tickd.rest import Rest, RestError, tls_context
@@ -30,22 +38,8 @@ def make_tls_store(tmp_path, tls_fake, monkeypatch):
     variables OpenSSL also reads are removed from their environment."""
     for name in ("SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "WEBSOCKET_CLIENT_CA_BUNDLE"):
         monkeypatch.delenv(name, raising=False)
-    stores = []
-
-    def make(**env):
-        env = {
-            "BINANCE_WS_URL": tls_fake.ws_url,
-            "BINANCE_REST_URL": tls_fake.rest_url,
-            "SSL_CERT_FILE": tls_fake.ca_file,
-            **env,
-        }
-        store = Store(tmp_path / "ticks.db", env)
-        stores.append(store)
-        return store
-
-    yield make
-    for store in stores:
-        store.close()
+    with stores_against(tmp_path, tls_fake, SSL_CERT_FILE=tls_fake.ca_file) as make:
+        yield make
 
 
 def trusting(fake):
