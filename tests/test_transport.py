@@ -123,6 +123,32 @@ def test_bytes_that_arrive_after_a_drained_read_wake_the_reader(tls):
         assert reader.get(timeout=5) == message
 
 
+@pytest.mark.parametrize("secure", [True, False], ids=["tls", "plain"])
+def test_a_backlog_is_read_a_share_at_a_time_and_others_run_between(pair, ca, secure):
+    if secure:
+        connection, peer, server = meet(pair, ca, HOST)
+        connection.handshake()
+        server.get(timeout=5)
+        backlog = peer.records(*[bytes([65 + n % 26]) * 1000 for n in range(64)])
+        expected = b"".join(bytes([65 + n % 26]) * 1000 for n in range(64))
+    else:
+        connection = Connection(pair[0])
+        backlog = expected = bytes(range(256)) * 256
+    pair[1].sendall(backlog)  # 64 KB waiting in the socket at once
+    received = b""
+    reads = 0
+    while len(received) < len(expected):
+        turn = gevent.spawn(lambda: None)  # ready to run: it must get the hub before the read
+        data = connection.read()
+        assert turn.dead, "a read with bytes waiting must still let other greenlets run first"
+        assert len(data) <= transport.READ_SIZE
+        received += data
+        reads += 1
+    assert received == expected
+    assert reads >= len(backlog) // transport.READ_SIZE
+    connection.close()
+
+
 def test_recv_hands_out_at_most_what_is_asked_and_keeps_the_rest(tls):
     connection, peer = tls
     peer.sock.sendall(peer.records(b"HTTP/1.1 101\r\n", b"frames"))

@@ -37,7 +37,6 @@ CONNECT_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0  # seconds the server gets to answer our close frame
 NO_CLOSE_FRAME = 1006  # RFC 6455's code for "closed without a close frame"
 ROTATION_RETRY = 10.0  # seconds before retrying a replacement connection that failed
-YIELD_EVERY = 32  # frames of one batch handled before other greenlets get a turn
 
 
 def dial(url: str, timeout: float, tls: ssl.SSLContext | None = None) -> websocket.WebSocket:
@@ -137,9 +136,8 @@ class Session:
         while True:
             batch = reader.read()
             self.last_rx = clock()
-            for count, (opcode, fin, payload) in enumerate(batch, 1):
-                if count % YIELD_EVERY == 0:
-                    gevent.sleep(0)  # a backlog must not keep other greenlets waiting
+            # A batch is one read's worth (transport.READ_SIZE): other greenlets run between.
+            for opcode, fin, payload in batch:
                 if opcode == frames.TEXT and fin:
                     text(self, payload)
                 elif opcode == frames.PING:

@@ -2,10 +2,12 @@
 
 gevent's `SSLSocket` reads TLS in Python: for each ~280-byte frame of Binance's, three reads of
 the socket (a record's header, its body, then one that finds nothing and raises), each through
-gevent's Python wrapper and CPython's. Here the socket is read once per wake-up, as much as has
-arrived, and OpenSSL decrypts it from a memory buffer (`ssl.MemoryBIO`), as asyncio does. When
-the last read drained the socket, the next one first waits for it to be readable, so no read
-fails with EAGAIN and raises (plain or TLS).
+gevent's Python wrapper and CPython's. Here the socket is read once per wake-up, what has
+arrived up to READ_SIZE, and OpenSSL decrypts it from a memory buffer (`ssl.MemoryBIO`), as
+asyncio does. Each read first waits for the socket to be readable, so no read fails with EAGAIN
+and raises (plain or TLS), and a connection with a backlog is read a share per turn of the
+event loop: hundreds of streams, the status page and the timers all get theirs, even when the
+store cannot keep up for a while (the rest waits in the kernel's buffer, not in ours).
 
 `dial` opens the TCP connection and the TLS session and hands the `Connection` to
 websocket-client as its socket (`create_connection(socket=...)`): websocket-client sends the
@@ -26,7 +28,11 @@ import websocket
 from gevent import socket as gsocket
 from gevent.lock import Semaphore
 
-RECV_SIZE = 65536  # bytes asked of the socket per read: whatever has arrived, up to this
+# Bytes taken from the socket per turn of the event loop: about 14 of Binance's frames over TLS,
+# 1.5 ms of work. What one busy connection does before the others get their turn; 64 KiB
+# (220 frames) made turns of 150-420 ms when the whole market's spikes outran the store.
+READ_SIZE = 4096
+RECORD_SIZE = 16384  # the most plaintext one TLS record holds
 
 
 class Connection:
@@ -35,7 +41,6 @@ class Connection:
 
     __slots__ = (
         "_chunks",
-        "_drained",
         "_eof",
         "_hub",
         "_incoming",
@@ -60,7 +65,6 @@ class Connection:
             self._tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=hostname)
         self._chunks: list[bytes] = []  # plaintext received and not yet handed out
         self._eof = False  # the peer ended the TLS session (close_notify)
-        self._drained = False  # the last read took all there was: wait before the next
         self._hub = gevent.get_hub()
         self._watcher = self._hub.loop.io(sock.fileno(), 1)  # readable
         self._waiting = False
@@ -139,7 +143,7 @@ class Connection:
             self._flush()
             if done:
                 return
-            data = self._sock.recv(RECV_SIZE)
+            data = self._sock.recv(RECORD_SIZE)
             if not data:
                 raise ConnectionResetError("connection closed during the TLS handshake")
             self._incoming.write(data)
@@ -163,23 +167,23 @@ class Connection:
             self._incoming.write(data)
 
     def _receive(self) -> bytes:
-        """One read of the socket: what has arrived, b"" at its end."""
-        if self._drained and self._sock.gettimeout() is None:
+        """One read of the socket, at the loop's next turn: what has arrived (up to
+        READ_SIZE), b"" at its end."""
+        if self._sock.gettimeout() is None:
+            # Even when bytes are waiting: the loop's next turn comes first (others go).
             self._waiting = True
             try:
                 self._hub.wait(self._watcher)
             finally:
                 self._waiting = False
-        data = self._sock.recv(RECV_SIZE)  # gevent's: waits itself if nothing has arrived
-        self._drained = len(data) < RECV_SIZE
-        return data
+        return self._sock.recv(READ_SIZE)  # gevent's: with a timeout, it waits itself
 
     def _decrypt(self) -> None:
         """Whole records in the incoming buffer to plaintext chunks."""
         tls, incoming = self._tls, self._incoming
         while incoming.pending:
             try:
-                chunk = tls.read(RECV_SIZE)
+                chunk = tls.read(RECORD_SIZE)
             except ssl.SSLWantReadError:
                 break  # the start of a record: the rest is still on its way
             except ssl.SSLZeroReturnError:
