@@ -38,19 +38,26 @@ A patch whose target no longer exists in tickd stops the process with exit code 
   mmap               SQLite reads the database file through a 256 MiB memory map (mmap_size)
                      instead of read() into its page cache.
   libuv              gevent's libuv loop instead of libev (GEVENT_LOOP=libuv does the same).
+
+With BENCH_TURNS=PREFIX in the environment (not a patch: it changes nothing the store does), the
+store also times the turns of its event loop (a prepare watcher: from one turn's start to the
+next), each /status page's collect and render, and each checkpoint, and writes the turns of over
+10 ms, every page and every checkpoint to PREFIX.PID.json when it stops; `turns.py` summarises.
 """
 
 from gevent import monkey
 
 monkey.patch_all()
 
+import json  # noqa: E402
 import os  # noqa: E402
 import sqlite3  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 
 import gevent  # noqa: E402
 
-from tickd import database  # noqa: E402
+from tickd import app, database  # noqa: E402
 from tickd.app import run  # noqa: E402
 
 Database = database.Database
@@ -188,7 +195,55 @@ PATCHES = {
 }
 
 
+class Turns:
+    """BENCH_TURNS: what took over 10 ms on the hub, as (wall-clock end, seconds) pairs."""
+
+    LONG = 0.010
+
+    def __init__(self):
+        self.turns: list = []
+        self.pages: list = []
+        self.checkpoints: list = []
+        self._last = None
+        self._watcher = gevent.get_hub().loop.prepare(ref=False)
+        self._watcher.start(self._turn)
+        app.App._page = self._timed(app.App._page, self.pages)
+        File.checkpoint = self._timed(File.checkpoint, self.checkpoints)
+
+    def _turn(self) -> None:
+        now = time.perf_counter()
+        if self._last is not None and now - self._last > self.LONG:
+            self.turns.append((time.time(), now - self._last))
+        self._last = now
+
+    @staticmethod
+    def _timed(function, out: list):
+        def timed(*args):
+            start = time.perf_counter()
+            try:
+                return function(*args)
+            finally:
+                out.append((time.time(), time.perf_counter() - start))
+
+        return timed
+
+    def write(self, prefix: str) -> None:
+        self._watcher.stop()
+        figures = {"turns": self.turns, "pages": self.pages, "checkpoints": self.checkpoints}
+        with open(f"{prefix}.{os.getpid()}.json", "w") as out:
+            json.dump(figures, out)
+
+
 def main() -> int:
+    turns = Turns() if os.environ.get("BENCH_TURNS") else None
+    try:
+        return store()
+    finally:
+        if turns is not None:
+            turns.write(os.environ["BENCH_TURNS"])
+
+
+def store() -> int:
     probe = Database(":memory:") if sys.argv[1:] else None
     for name in sys.argv[1:]:
         try:
