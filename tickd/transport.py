@@ -30,7 +30,7 @@ from gevent.lock import Semaphore
 
 # Bytes taken from the socket per turn of the event loop: about 14 of Binance's frames over TLS,
 # 1.5 ms of work. What one busy connection does before the others get their turn; 64 KiB
-# (220 frames) made turns of 150-420 ms when the whole market's spikes outran the store.
+# (220 frames) made turns of 150-650 ms when the whole market's spikes outran the store.
 READ_SIZE = 4096
 RECORD_SIZE = 16384  # the most plaintext one TLS record holds
 

@@ -196,7 +196,8 @@ PATCHES = {
 
 
 class Turns:
-    """BENCH_TURNS: what took over 10 ms on the hub, as (wall-clock end, seconds) pairs."""
+    """BENCH_TURNS: the loop's turns of over 10 ms, every page and every checkpoint, each as
+    (wall-clock time it ended, seconds it took)."""
 
     LONG = 0.010
 
