@@ -8,6 +8,7 @@ import sqlite3
 
 import gevent
 import pytest
+from gevent.monkey import get_original
 
 from helpers import wait_for
 from tickd.database import Database, day_query, transaction
@@ -198,8 +199,10 @@ def test_no_commit_lands_while_the_checkpoint_copies_so_the_wal_starts_again(db)
         for _ in range(6):
             goal = written[0] + 300
             wait_for(lambda: written[0] >= goal, 10, "300 more commits")  # noqa: B023
-            since, before = written[0] - before, written[0]  # no commit lands from here on
             busy, in_wal, done = db.file.checkpoint()
+            # Commits land while it syncs the WAL, none once it holds the connection: those
+            # counted now (before the writer runs again) are all in the WAL it copied.
+            since, before = written[0] - before, written[0]
             assert busy == 0 and in_wal == done
             frames.append(in_wal)
             commits.append(since)
@@ -210,6 +213,33 @@ def test_no_commit_lands_while_the_checkpoint_copies_so_the_wal_starts_again(db)
     # started again, not appended to (copied while commits went on, it held them all).
     for in_wal, since in zip(frames[1:], commits[1:], strict=True):
         assert in_wal <= 4 * since, (frames, commits)
+
+
+def test_the_wal_is_synced_while_commits_go_on_before_the_checkpoint_holds_them(db, monkeypatch):
+    """The WAL's fsync, most of a checkpoint's time under load, is done before the lock."""
+    db.ensure_table("BTCUSDT")
+    db.insert_many("BTCUSDT", [Tick(i, i, 1.0) for i in range(1, 1000)])
+    real_sync, synced = os.fdatasync, []
+    committed = get_original("_thread", "allocate_lock")()  # an OS lock: for a worker thread
+    committed.acquire()
+
+    def sync(fd):  # in a worker thread
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        synced.append((name, committed.acquire(timeout=5)))  # a commit lands meanwhile
+        real_sync(fd)
+
+    def write():
+        assert db.insert("BTCUSDT", Tick(1000, 1000, 1.0))
+        committed.release()
+
+    monkeypatch.setattr(os, "fdatasync", sync)
+    writer = gevent.spawn(write)  # runs once the checkpoint waits for its thread
+    try:
+        busy, frames, done = db.file.checkpoint()
+    finally:
+        writer.kill()
+    assert synced == [(os.path.realpath(db.path) + "-wal", True)]
+    assert busy == 0 and frames == done and db.max_id("BTCUSDT") == 1000
 
 
 def test_a_file_that_is_not_a_database_is_refused_and_left_alone(tmp_path):

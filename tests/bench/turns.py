@@ -6,7 +6,8 @@
 For each file (one store process): the turns of the loop over 10 ms (how many, p50, p90, p99,
 max), how many were over 50 ms and how many of those overlapped the 0.3 s after a checkpoint's
 end (the store's commits wait while the checkpoint runs, and catch up at once after it), the
-checkpoints' durations, and the status page's own time (collect and render, without the wait
+checkpoints' durations (and how long each held the file: without the WAL's sync before
+it, where the tree has that), and the status page's own time (collect and render, without the wait
 for its turn). A turn is measured from the start of one to the start of the next, so a turn in
 which the loop slept waiting for something to happen counts too: --since (UTC) leaves out the
 start, where 600 symbols connect and the loop mostly sleeps.
@@ -32,14 +33,17 @@ def spread(seconds: list[float]) -> str:
 
 def summary(figures: dict, since: float) -> list[str]:
     turns = [(end, s) for end, s in figures["turns"] if end >= since]
-    checkpoints = [end for end, _ in figures["checkpoints"]]
+    checkpoints = [end for end, *_ in figures["checkpoints"]]
+    # (end, took) from older trees; (end, took, held) once the WAL's sync came first.
+    held = [c[2] for c in figures["checkpoints"] if len(c) > 2 and c[0] >= since]
     long = [(end, s) for end, s in turns if s > 0.05]
     # A turn runs from end - s to end.
     after = sum(1 for end, s in long if any(end >= c > end - s - 0.3 for c in checkpoints))
     return [
         f"turns over 10 ms     {spread([s for _, s in turns])}",
         f"turns over 50 ms     {len(long)}, {after} in the 0.3 s after a checkpoint's end",
-        f"checkpoints          {spread([s for end, s in figures['checkpoints'] if end >= since])}",
+        f"checkpoints          {spread([c[1] for c in figures['checkpoints'] if c[0] >= since])}",
+        f"  holding the file   {spread(held)}",
         f"/status, own time    {spread([s for end, s in figures['pages'] if end >= since])}",
     ]
 
