@@ -26,6 +26,7 @@ from .database import Database
 from .limits import AttemptLimiter, WeightLimiter
 from .logs import Throttle, failure, kv
 from .rest import Rest, tls_context
+from .sequence import SequenceOrder
 from .settings import Watcher
 from .stream import Stream, dial
 
@@ -80,7 +81,8 @@ class App:
             self.db, self._make_stream, config.poll_interval, descriptor_limit=self.descriptors
         )
         self.coverage = Coverage(self.db)
-        self._workers = Group()  # the watcher, the checkpoints and the coverage
+        self.sequence = SequenceOrder(self.db, self._trades)
+        self._workers = Group()  # the watcher, the checkpoints, the coverage, the sequence
         self._watching: gevent.Greenlet | None = None
         self._checkpointing: gevent.Greenlet | None = None
         self._stopping = gevent.event.Event()
@@ -107,6 +109,9 @@ class App:
             after_pause=after_pause,
             connect=self._dial,
         )
+
+    def _trades(self) -> dict[str, int]:
+        return {symbol: stream.intake.trades for symbol, stream in self.watcher.streams.items()}
 
     def _dial(self, url: str, timeout: float):
         return dial(url, timeout, self.tls)
@@ -161,6 +166,7 @@ class App:
         self._watching = self._workers.spawn(self.watcher.run)
         self._checkpointing = self._workers.spawn(self._checkpoints)
         self._workers.spawn(self.coverage.run)
+        self._workers.spawn(self.sequence.run)
 
     def stop(self) -> None:
         """Stop the watcher, the streams (close frames), the HTTP server; close the database."""

@@ -915,6 +915,34 @@ class Database:
             self._names = None
             self._seen = seen
 
+    def reorder_sequence(self, plan: Callable[[list[object]], list[int] | None]) -> bool:
+        """Put sqlite_sequence's rows in the order `plan` gives: called with the table names
+        in rowid order, it returns their new order as indexes into that list, or None to
+        leave it. Names and values are kept as they are; only the rowids change. One write
+        transaction; returns whether it rewrote the table. Raises sqlite3.Error, and
+        ValueError if the plan is not an order of every row."""
+
+        def rewrite() -> bool:
+            conn = self.file.conn
+            if not has_table(conn, "sqlite_sequence"):  # no AUTOINCREMENT table yet
+                return False
+            with transaction(conn):
+                rows = conn.execute("SELECT name, seq FROM sqlite_sequence ORDER BY rowid")
+                rows = rows.fetchall()
+                order = plan([name for name, _ in rows])
+                if order is None:
+                    return False
+                if sorted(order) != list(range(len(rows))):
+                    raise ValueError("not an order of sqlite_sequence's rows")
+                conn.execute("DELETE FROM sqlite_sequence")
+                conn.executemany(
+                    "INSERT INTO sqlite_sequence (rowid, name, seq) VALUES (?, ?, ?)",
+                    [(rowid, *rows[i]) for rowid, i in enumerate(order, 1)],
+                )
+            return True
+
+        return self._retry(rewrite)
+
     def max_id(self, symbol: str) -> int | None:
         """The highest stored trade id of `symbol`, None if none. Raises sqlite3.Error."""
         return self._retry(lambda: self.file.conn.execute(self._sql(symbol).max_id).fetchone()[0])

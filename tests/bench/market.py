@@ -2,7 +2,7 @@
 rates follow a steep power law, 2,000 trades/s in all with minute-long spikes to 10,000.
 
     PYTHONPATH=. .venv/bin/python tests/bench/market.py [--quick] [--plain] [--peers]
-        [--symbols 600] [--minutes 10] [--also-tree DIR=NAME ...]
+        [--symbols 600] [--minutes 10] [--shuffle] [--also-tree DIR=NAME ...]
 
 Shape. Symbol k (1 = the busiest) gets a share proportional to (k + 4.56) ** -2.24: the top
 symbol 20 % of all trades (400/s at 2,000/s), the top ten 74 %, the median symbol (k = 300)
@@ -25,6 +25,11 @@ completeness    every id the exchange made, stored: count, lowest and highest id
 --also-tree DIR=NAME: also the store of another source tree (`git archive COMMIT | tar -x -C
 DIR`), as `store@NAME`, right after the store: a before/after on the same load.
 
+--shuffle: the store's tables are made before it starts, their rows in sqlite_sequence in a
+random order, as on a store whose symbols were added over time. Without it, nothing trades
+until every symbol is connected, so the busiest tables get the first ticks and the first rows
+(which `tickd/sequence.py` is about).
+
 --quick: 250 symbols (under the 300-attempt window: they connect in about 25 s), 2 minutes,
 one 30 s spike. Every process is stopped and the temporary folder removed, also on failure.
 """
@@ -32,6 +37,8 @@ one 30 s spike. Every process is stopped and the temporary folder removed, also 
 from __future__ import annotations
 
 import argparse
+import random
+import sqlite3
 import statistics
 import sys
 import threading
@@ -44,6 +51,7 @@ from common import (
     add_also_tree,
     also_trees,
     completeness,
+    create_prices,
     figure,
     get_seconds,
     percentile,
@@ -53,6 +61,8 @@ from common import (
     tree_state,
     workdir,
 )
+
+from tickd.database import transaction
 
 SKEW, SHIFT = 2.24, 4.56  # share of the k-th symbol ~ (k + SHIFT) ** -SKEW (see above)
 RATE, SPIKE = 2000.0, 10000.0  # trades/s in all: usual, and during a spike
@@ -78,7 +88,14 @@ def schedule(minutes: float, quick: bool) -> list[tuple[float, float]]:
 
 
 def measure(
-    subject: str, symbols: list[str], minutes: float, quick: bool, tls: bool, *, tree=None
+    subject: str,
+    symbols: list[str],
+    minutes: float,
+    quick: bool,
+    tls: bool,
+    *,
+    tree=None,
+    shuffle: bool = False,
 ) -> dict:
     with (
         workdir(f"market-{subject.replace('/', '-')}") as folder,
@@ -88,6 +105,8 @@ def measure(
         with proc:
             started = time.monotonic()
             if load.is_store(subject):
+                if shuffle:
+                    made_in_order(db_path, random.Random(3).sample(symbols, len(symbols)))
                 proc.enable(symbols)
             connect = exchange.wait_subscribed(len(symbols), 900, proc)
             say(f"market {subject}: {len(symbols)} symbols connected in {connect:.1f} s")
@@ -144,6 +163,22 @@ def measure(
     return result
 
 
+def made_in_order(db_path: Path, symbols: list[str]) -> None:
+    """Create the symbols' tables, empty, their sqlite_sequence rows in this order (seq 0):
+    a store whose tables got their first ticks in that order, ids still to come."""
+    conn = sqlite3.connect(db_path, timeout=30, isolation_level=None)
+    try:
+        with transaction(conn):
+            for symbol in symbols:
+                create_prices(conn, symbol)
+            conn.executemany(
+                "INSERT INTO sqlite_sequence (name, seq) VALUES (?, 0)",
+                [(f"prices_{symbol}",) for symbol in symbols],
+            )
+    finally:
+        conn.close()
+
+
 def made(exchange: Exchange) -> int:
     return sum(c[2] for c in exchange.call("counts").values())
 
@@ -168,6 +203,7 @@ def run(
     tls: bool = True,
     peers: bool = False,
     trees: dict | None = None,
+    shuffle: bool = False,
 ) -> dict:
     """`trees`: {name: folder} of other source trees whose store runs too, as `store@name`."""
     count = count or (250 if quick else 600)
@@ -187,7 +223,9 @@ def run(
         say(f"market: {subject} is {tree_state(folder)}")
     results = {}
     for subject in subjects:
-        results[subject] = measure(subject, symbols, minutes, quick, tls, tree=folders.get(subject))
+        results[subject] = measure(
+            subject, symbols, minutes, quick, tls, tree=folders.get(subject), shuffle=shuffle
+        )
     report(results, count)
     return results
 
@@ -241,6 +279,9 @@ def main() -> int:
     parser.add_argument("--peers", action="store_true", help="cryptofeed and naive too")
     parser.add_argument("--symbols", type=int, help="how many (default 600; --quick 250)")
     parser.add_argument("--minutes", type=float, help="the window (default 10; --quick 2)")
+    parser.add_argument(
+        "--shuffle", action="store_true", help="sqlite_sequence's rows in a random order"
+    )
     add_also_tree(parser)
     args = parser.parse_args()
     trees = also_trees(parser, args.also_tree)
@@ -251,6 +292,7 @@ def main() -> int:
         tls=not args.plain,
         peers=args.peers,
         trees=trees,
+        shuffle=args.shuffle,
     )
     return 0
 

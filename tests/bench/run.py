@@ -4,7 +4,7 @@
     PYTHONPATH=. .venv/bin/python tests/bench/run.py [--quick] [PART ...]
 
 PART is any of: limit, ingest, realistic, idle, hub, status, disk, repair, import, market,
-profile
+sequence, profile
 (default: all of them, in that order; `idle` runs in the background beside the others, since
 it mostly waits for the store's connection-attempt limit). --quick shortens every part to a
 smoke run of a few minutes: 1-minute load windows, 300 idle symbols, 2 M rows instead of 20 M, no
@@ -39,6 +39,7 @@ import limit
 import load
 import market
 import scale
+import sequence
 
 PARTS = (
     "limit",
@@ -51,6 +52,7 @@ PARTS = (
     "repair",
     "import",
     "market",
+    "sequence",
     "profile",
 )
 
@@ -67,6 +69,7 @@ def call(part: str, quick: bool, results: dict, parts=(), trees=None) -> None:
         "repair": lambda: backfill.run(quick),
         "import": lambda: importer.run(quick),
         "market": lambda: market.run(quick, peers=True),
+        "sequence": lambda: sequence.run(quick),
         "profile": lambda: hotspots.run(quick),
     }
     start = time.monotonic()

@@ -43,12 +43,15 @@ With BENCH_TURNS=PREFIX in the environment (not a patch: it changes nothing the 
 store also times the turns of its event loop (a prepare watcher: from one turn's start to the
 next), each /status page's collect and render, and each checkpoint, and writes the turns of over
 10 ms, every page and every checkpoint to PREFIX.PID.json when it stops; `turns.py` summarises.
+With BENCH_CALLS=PREFIX, the store runs under cProfile and writes PREFIX.PID.prof when it stops:
+its times are cProfile's (slowed, and greenlet switches blur them), its call counts exact.
 """
 
 from gevent import monkey
 
 monkey.patch_all()
 
+import cProfile  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import sqlite3  # noqa: E402
@@ -262,11 +265,17 @@ class Turns:
 
 def main() -> int:
     turns = Turns() if os.environ.get("BENCH_TURNS") else None
+    profile = cProfile.Profile() if os.environ.get("BENCH_CALLS") else None
+    if profile is not None:
+        profile.enable()
     try:
         return store()
     finally:
         if turns is not None:
             turns.write(os.environ["BENCH_TURNS"])
+        if profile is not None:
+            profile.disable()
+            profile.dump_stats(f"{os.environ['BENCH_CALLS']}.{os.getpid()}.prof")
 
 
 def store() -> int:
