@@ -4,7 +4,7 @@
     PYTHONPATH=. .venv/bin/python tests/bench/run.py [--quick] [PART ...]
 
 PART is any of: limit, ingest, realistic, idle, hub, status, disk, repair, import, market,
-sequence, profile
+sequence, checkpoint, profile
 (default: all of them, in that order; `idle` runs in the background beside the others, since
 it mostly waits for the store's connection-attempt limit). --quick shortens every part to a
 smoke run of a few minutes: 1-minute load windows, 300 idle symbols, 2 M rows instead of 20 M, no
@@ -30,6 +30,7 @@ import time
 import traceback
 
 import backfill
+import checkpoint
 import common
 import hotspots
 import idle
@@ -53,6 +54,7 @@ PARTS = (
     "import",
     "market",
     "sequence",
+    "checkpoint",
     "profile",
 )
 
@@ -70,6 +72,7 @@ def call(part: str, quick: bool, results: dict, parts=(), trees=None) -> None:
         "import": lambda: importer.run(quick),
         "market": lambda: market.run(quick, peers=True),
         "sequence": lambda: sequence.run(quick),
+        "checkpoint": lambda: checkpoint.run(quick),
         "profile": lambda: hotspots.run(quick),
     }
     start = time.monotonic()
