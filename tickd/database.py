@@ -927,8 +927,8 @@ class Database:
             if not has_table(conn, "sqlite_sequence"):  # no AUTOINCREMENT table yet
                 return False
             with transaction(conn):
-                rows = conn.execute("SELECT name, seq FROM sqlite_sequence ORDER BY rowid")
-                rows = rows.fetchall()
+                read = "SELECT name, seq FROM sqlite_sequence ORDER BY rowid"
+                rows = conn.execute(read).fetchall()
                 order = plan([name for name, _ in rows])
                 if order is None:
                     return False

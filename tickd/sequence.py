@@ -79,25 +79,22 @@ class SequenceOrder:
 
     def look(self) -> bool:
         """Count the ticks since the last look and reorder if it pays; whether it did."""
-        now = self._trades()
-        counts = {
-            f"prices_{symbol}": n - self._before.get(symbol, 0)
-            if n >= self._before.get(symbol, 0)
-            else n
-            for symbol, n in now.items()
-        }
+        now, counts = self._trades(), {}
+        for symbol, n in now.items():
+            before = self._before.get(symbol, 0)
+            counts[f"prices_{symbol}"] = n - before if n >= before else n  # n: a new stream
         self._before = now
-        found: list[float] = []
+        reads: list[int] = []  # rows read in the old order and in the new, for the log
 
         def order(names: list[object]) -> list[int] | None:
             new = plan(names, counts)
             if new is not None:
-                found[:] = [rows_read(names, counts), rows_read([names[i] for i in new], counts)]
+                reads[:] = [rows_read(names, counts), rows_read([names[i] for i in new], counts)]
             return new
 
         if not self._db.reorder_sequence(order):
             return False
         ticks = max(sum(counts.values()), 1)
-        rows = f"{found[0] / ticks:.1f}->{found[1] / ticks:.1f}"
+        rows = f"{reads[0] / ticks:.1f}->{reads[1] / ticks:.1f}"
         log.info("sqlite_sequence reordered %s", kv(rows_read_per_insert=rows))
         return True
