@@ -4,9 +4,13 @@ keeps every name and value), and the look every few minutes."""
 import contextlib
 import logging
 import sqlite3
+from types import SimpleNamespace
 
 import pytest
 
+from helpers import wait_connected, wait_for
+from tickd import config as configuration
+from tickd.app import App
 from tickd.sequence import SequenceOrder, plan, rows_read
 from tickd.wire import Tick
 
@@ -76,7 +80,11 @@ def test_each_look_orders_by_the_ticks_taken_since_the_one_before(db, caplog):
     for symbol in ("AUSDT", "BUSDT", "CUSDT"):
         stored(db, symbol, 1)
     taken = {"AUSDT": 100, "BUSDT": 0, "CUSDT": 0}
-    order = SequenceOrder(db, lambda: dict(taken), sleep=None)
+
+    def streams():  # as the watcher's: symbol -> stream, with the ticks it took
+        return {s: SimpleNamespace(intake=SimpleNamespace(trades=n)) for s, n in taken.items()}
+
+    order = SequenceOrder(db, streams, sleep=None)
     assert not order.look()  # since the start: A first, as it is
     taken.update(AUSDT=110, CUSDT=500)  # since: A 10, C 500
     assert order.look()
@@ -104,7 +112,41 @@ def test_a_look_that_fails_is_logged_and_the_next_one_comes(db, caplog):
 
     db.close()  # every look fails
     with pytest.raises(Stop):
-        SequenceOrder(db, lambda: {"AUSDT": 5}, first=2.0, interval=7.0, sleep=sleep).run()
+        SequenceOrder(db, dict, first=2.0, interval=7.0, sleep=sleep).run()
     assert slept == [2.0, 7.0, 7.0]
     assert caplog.text.count("cannot reorder sqlite_sequence") == 2
     assert "database is closed" in caplog.text
+
+
+def test_the_running_store_puts_its_busiest_table_first(tmp_path, fake):
+    """The store's own look (called here rather than waited for) counts its streams' ticks."""
+    env = {
+        "DB_PATH": str(tmp_path / "ticks.db"),
+        "HTTP_PORT": "0",
+        "BINANCE_WS_URL": fake.ws_url,
+        "BINANCE_REST_URL": fake.rest_url,
+        "SETTINGS_POLL_INTERVAL": "100ms",
+    }
+    app = App(configuration.load(env))
+    app.start()
+    try:
+        for symbol in ("AUSDT", "BUSDT"):
+            fake.list_symbol(symbol)
+            app.db.ensure_table(symbol)
+        with contextlib.closing(sqlite3.connect(app.db.path, isolation_level=None)) as other:
+            other.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('prices_AUSDT', 0)")
+            other.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('prices_BUSDT', 0)")
+            other.execute("INSERT INTO symbol_settings (symbol) VALUES ('AUSDT'), ('BUSDT')")
+        wait_connected(fake, "AUSDT", "BUSDT")
+        for _ in range(20):
+            fake.trade("BUSDT")
+        fake.trade("AUSDT")
+        wait_for(lambda: rows_of(app.db, "BUSDT") == 20 and rows_of(app.db, "AUSDT") == 1, 10)
+        assert app.sequence.look()
+        assert [name for name, _ in sequence(app.db)] == ["prices_BUSDT", "prices_AUSDT"]
+    finally:
+        app.stop()
+
+
+def rows_of(db, symbol):
+    return len(db.ticks(symbol))

@@ -81,7 +81,7 @@ class App:
             self.db, self._make_stream, config.poll_interval, descriptor_limit=self.descriptors
         )
         self.coverage = Coverage(self.db)
-        self.sequence = SequenceOrder(self.db, self._trades)
+        self.sequence = SequenceOrder(self.db, self.watcher.streams)
         self._workers = Group()  # the watcher, the checkpoints, the coverage, the sequence
         self._watching: gevent.Greenlet | None = None
         self._checkpointing: gevent.Greenlet | None = None
@@ -109,9 +109,6 @@ class App:
             after_pause=after_pause,
             connect=self._dial,
         )
-
-    def _trades(self) -> dict[str, int]:
-        return {symbol: stream.intake.trades for symbol, stream in self.watcher.streams.items()}
 
     def _dial(self, url: str, timeout: float):
         return dial(url, timeout, self.tls)

@@ -23,6 +23,7 @@ from .logs import failure, kv
 
 if TYPE_CHECKING:
     from .database import Database
+    from .stream import Stream
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +50,19 @@ def plan(names: Sequence[object], counts: Mapping[object, int]) -> list[int] | N
 
 class SequenceOrder:
     """Reorders sqlite_sequence `first` seconds after the start, then every `interval`, by the
-    ticks each symbol took meanwhile. `trades()` gives the ticks taken so far per symbol (a
-    stream started again counts from 0)."""
+    ticks each stream took meanwhile. `streams()` gives the running streams by symbol, each
+    with the ticks it took so far (`intake.trades`; a stream started again counts from 0)."""
 
     def __init__(
         self,
         db: Database,
-        trades: Callable[[], Mapping[str, int]],
+        streams: Callable[[], Mapping[str, Stream]],
         first: float = FIRST,
         interval: float = INTERVAL,
         sleep: Callable[[float], object] = gevent.sleep,
     ):
         self._db = db
-        self._trades = trades
+        self._streams = streams
         self._first = first
         self._interval = interval
         self._sleep = sleep
@@ -79,7 +80,8 @@ class SequenceOrder:
 
     def look(self) -> bool:
         """Count the ticks since the last look and reorder if it pays; whether it did."""
-        now, counts = self._trades(), {}
+        now = {symbol: stream.intake.trades for symbol, stream in self._streams().items()}
+        counts = {}
         for symbol, n in now.items():
             before = self._before.get(symbol, 0)
             counts[f"prices_{symbol}"] = n - before if n >= before else n  # n: a new stream
