@@ -4,7 +4,7 @@ The spec's prices_ tables are AUTOINCREMENT, so every INSERT first looks for its
 in sqlite_sequence, reading that table from its first row until the name matches (SQLite
 3.40's code for it is a plain scan). The rows are in the order the tables got their first
 tick, so a busy symbol whose table came late pays for every row before it, on every tick: on
-this machine about 70 ns a row, 40 µs a tick at the end of 600 rows, where a whole tick costs
+this machine about 80 ns a row, 48 µs a tick at the end of 600 rows, where a whole tick costs
 about 120 µs. A minute after the start, then every five minutes, the rows are put in the
 order of the ticks each table took since the look before, when that saves a fifth of the rows
 read. Only the rowids change: every name and value stays, so what AUTOINCREMENT hands out does
