@@ -11,6 +11,7 @@ import pytest
 from gevent.monkey import get_original
 
 from helpers import wait_for
+from tickd import database
 from tickd.database import Database, day_query, transaction
 from tickd.wire import Tick
 
@@ -240,6 +241,37 @@ def test_the_wal_is_synced_while_commits_go_on_before_the_checkpoint_holds_them(
         writer.kill()
     assert synced == [(os.path.realpath(db.path) + "-wal", True)]
     assert busy == 0 and frames == done and db.max_id("BTCUSDT") == 1000
+
+
+def test_sqlite_takes_no_posix_lock_on_the_wal_so_syncing_it_drops_none(db, other):
+    """sync_file opens and closes the -wal: closing a descriptor drops every POSIX lock this
+    process holds on that file, so it is safe only because SQLite locks the database and the
+    -shm, never the -wal (with a write and a read transaction open, as the store runs)."""
+    db.ensure_table("BTCUSDT")
+    assert db.insert("BTCUSDT", Tick(1, 1, 1.0))
+    conn = db.file.conn
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute('INSERT INTO "prices_BTCUSDT" VALUES (2, 2, 1.0)')
+        other.execute("BEGIN")
+        other.execute('SELECT COUNT(*) FROM "prices_BTCUSDT"').fetchone()
+        inodes = {os.stat(db.path + suffix).st_ino: suffix for suffix in ("", "-wal", "-shm")}
+        with open("/proc/locks") as table:
+            locked = {
+                inodes[int(fields[5].split(":")[2])]
+                for fields in map(str.split, table)
+                if "->" not in fields  # a lock being waited for: another process's
+                and int(fields[4]) == os.getpid()
+                and int(fields[5].split(":")[2]) in inodes
+            }
+        assert locked == {"", "-shm"}
+        database.sync_file(db.path + "-wal")
+        other.execute("COMMIT")
+        other.execute("PRAGMA busy_timeout = 0")
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute('INSERT INTO "prices_BTCUSDT" VALUES (3, 3, 1.0)')  # still ours
+    finally:
+        conn.execute("ROLLBACK")
 
 
 def test_a_file_that_is_not_a_database_is_refused_and_left_alone(tmp_path):
