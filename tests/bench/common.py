@@ -142,6 +142,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def disk_bytes(pid: int) -> int:
+    """Bytes a process (every thread) sent to storage so far: /proc's write_bytes, counted as
+    pages are dirtied (a page rewritten before it reached the disk counts once)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    raise ValueError(f"/proc/{pid}/io has no write_bytes")
+
+
 def rss_mb(pid: int) -> float:
     """Resident set size in MB (10^6 bytes)."""
     pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
@@ -202,6 +211,9 @@ class Child:
 
     def rss(self) -> float:
         return rss_mb(self.pid)
+
+    def disk(self) -> int:
+        return disk_bytes(self.pid)
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM, then SIGKILL if it has not exited within `timeout`; the exit status."""

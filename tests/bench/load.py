@@ -42,6 +42,7 @@ from pathlib import Path
 
 import peers
 import trustme
+import where
 from common import (
     BENCH,
     PYTHON,
@@ -165,6 +166,7 @@ def measure(
     patches=(),
     status_seconds: float = 0.0,
     profile_seconds: float = 0.0,
+    where_seconds: float = 0.0,
     rate: float = RATE,
     tree=None,
 ) -> dict:
@@ -189,12 +191,17 @@ def measure(
                     return sum(c[2] for c in exchange.call("counts").values())
                 return stored(db_path, symbols)
 
-            rows0, cpu0, wall0 = count(), proc.cpu(), time.monotonic()
+            rows0, cpu0, disk0, wall0 = count(), proc.cpu(), proc.disk(), time.monotonic()
             wal_path = Path(f"{db_path}-wal")
             samples = sample_while(window, 1.0, lambda: (proc.rss(), file_size(wal_path)))
-            rows1, cpu1, wall1 = count(), proc.cpu(), time.monotonic()
+            rows1, cpu1, disk1, wall1 = count(), proc.cpu(), proc.disk(), time.monotonic()
             if profile_seconds:
                 PROFILES.append(peers.py_spy(proc.pid, profile_seconds, folder))
+            found = None
+            if where_seconds:  # after the window: perf's own cost stays out of its figures
+                before = count()
+                found = where.probe(proc.pid, where_seconds, folder)
+                found_ticks = count() - before
             status = []
             if status_seconds:
                 status = sample_while(status_seconds, 0.05, lambda: get_seconds(proc.url()))
@@ -221,6 +228,7 @@ def measure(
         "ticks_per_s": ticks / wall,
         "cpu_share": (cpu1 - cpu0) / wall,
         "us_per_tick": (cpu1 - cpu0) / max(ticks, 1) * 1e6,
+        "disk_per_tick": (disk1 - disk0) / max(ticks, 1),  # bytes sent to storage
         "rss_max": max(rss),
         "rss_end": rss[-1],
         "wal_max": max(wal),
@@ -233,9 +241,12 @@ def measure(
         "status": status,
         "tls_refusals": refusals,
     }
+    if found is not None:
+        result["where"] = where.per_tick(found, found_ticks, result["us_per_tick"])
     say(
         f"{label}: {result['ticks_per_s']:.0f} ticks/s, {result['us_per_tick']:.1f} µs/tick, "
-        f"{result['cpu_share'] * 100:.1f}% CPU, RSS {result['rss_max']:.1f} MB, "
+        f"{result['cpu_share'] * 100:.1f}% CPU, "
+        f"{result['disk_per_tick'] / 1e3:.1f} kB/tick to disk, RSS {result['rss_max']:.1f} MB, "
         f"WAL max {result['wal_max'] / 1e6:.1f} MB, {kept:,}/{made:,} stored, {wrong} tables off"
         + (f", {refusals} TLS handshakes refused" if refusals else "")
     )
@@ -300,6 +311,12 @@ def report(subjects, results: dict, trusted: dict) -> None:
         )
         figure(f"realistic {subject}: CPU share", round(r["cpu_share"] * 100, 1), "% of a core")
         figure(f"realistic {subject}: RSS (max)", round(r["rss_max"], 1), "MB")
+        figure(
+            f"realistic {subject}: written to disk per tick",
+            round(r["disk_per_tick"] / 1e3, 2),
+            "kB",
+            f"{r['disk_per_tick'] * r['ticks_per_s'] * 86400 / 1e12:.2f} TB a day at this rate",
+        )
         figure(
             f"realistic {subject}: WAL size",
             f"max {r['wal_max'] / 1e6:.1f} MB, median {r['wal_median'] / 1e6:.1f} MB",
