@@ -63,6 +63,76 @@ def test_insert_is_idempotent_by_trade_id(db):
     assert db.first_last("BTCUSDT") == (999, 1001)
 
 
+def seq(conn, symbol="BTCUSDT"):
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (f"prices_{symbol}",))
+    return row.fetchone()[0]
+
+
+def wal_size(db):
+    try:
+        return os.path.getsize(db.path + "-wal")
+    except FileNotFoundError:
+        return 0
+
+
+def test_a_tick_commits_two_pages_not_three_once_seq_is_ahead(db, other):
+    db.ensure_table("BTCUSDT")
+    assert db.insert("BTCUSDT", Tick(100, 1000, 1.5))
+    assert seq(other) == 100 + database.SEQ_LEAD
+    page = other.execute("PRAGMA page_size").fetchone()[0]
+    before = wal_size(db)
+    assert db.insert("BTCUSDT", Tick(101, 1001, 1.6))
+    # The table's leaf and the index's leaf; sqlite_sequence's page stays as it was.
+    assert wal_size(db) - before == 2 * (24 + page)
+    assert seq(other) == 100 + database.SEQ_LEAD
+    assert db.max_id("BTCUSDT") == 101
+
+
+def test_seq_moves_ahead_again_when_the_ids_reach_it(db, other, monkeypatch):
+    monkeypatch.setattr(database, "SEQ_LEAD", 10)
+    db.ensure_table("BTCUSDT")
+    assert db.insert("BTCUSDT", Tick(100, 1000, 1.5))
+    assert seq(other) == 110
+    assert db.insert("BTCUSDT", Tick(105, 1005, 1.5))
+    assert seq(other) == 110
+    assert db.insert("BTCUSDT", Tick(111, 1011, 1.5))
+    assert seq(other) == 121
+    # A batch in any order (a repair, an import): its highest id counts.
+    assert db.insert_many("BTCUSDT", [Tick(130, 1030, 1.5), Tick(125, 1025, 1.5)])
+    assert seq(other) == 140
+    # Older ids (a gap filled) leave it alone; so does an id near the largest SQLite allows.
+    assert db.insert_many("BTCUSDT", [Tick(50, 500, 1.5)])
+    assert seq(other) == 140
+    assert db.insert("BTCUSDT", Tick(2**63 - 5, 2000, 1.5))
+    assert seq(other) == 2**63 - 1
+
+
+def test_a_table_made_again_gets_its_seq_ahead_again(db, other):
+    db.ensure_table("BTCUSDT")
+    assert db.insert("BTCUSDT", Tick(100, 1000, 1.5))
+    other.execute('DROP TABLE "prices_BTCUSDT"')
+    assert db.insert("BTCUSDT", Tick(200, 2000, 1.5))
+    assert seq(other) == 200 + database.SEQ_LEAD
+
+
+def test_seq_that_cannot_move_ahead_is_logged_and_the_tick_still_stored(db, other, caplog):
+    db.ensure_table("BTCUSDT")
+    tables = db._sql("BTCUSDT")
+    tables.lead = "UPDATE no_such_table SET seq = ? WHERE name = ? AND seq < ?"  # it fails
+    assert db.insert("BTCUSDT", Tick(100, 1000, 1.5))
+    assert db.ticks("BTCUSDT") == [Tick(100, 1000, 1.5)]
+    assert "cannot move sqlite_sequence ahead" in caplog.text and "BTCUSDT" in caplog.text
+    assert "write failed" not in caplog.text
+    assert seq(other) == 100  # SQLite's own value: the highest id
+    # Not tried again on every tick, but some ids later.
+    assert tables.lead_at == 100 + database.SEQ_LEAD // 100
+    tables.lead = database._Tables("BTCUSDT").lead
+    assert db.insert("BTCUSDT", Tick(101, 1001, 1.5))
+    assert seq(other) == 101
+    assert db.insert("BTCUSDT", Tick(tables.lead_at, 1002, 1.5))
+    assert seq(other) == tables.lead_at == 100 + database.SEQ_LEAD // 100 + database.SEQ_LEAD
+
+
 def test_hostile_symbol_text_stays_an_identifier(db, other):
     # normalise() refuses such a name long before; quoting must hold even so.
     name = 'X"; DROP TABLE symbol_settings;--'

@@ -29,7 +29,7 @@ from gevent.lock import Semaphore
 
 from .logs import Throttle, kv
 from .metrics import WRITE_BUCKETS, Latency, file_size
-from .wire import Tick
+from .wire import MAX_ID, Tick
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,13 @@ INDEX_DDL = "CREATE INDEX IF NOT EXISTS {index} ON {table}(timestamp)"
 STATEMENT_CACHE = 4096
 _BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 WAL_LIMIT = 64 << 20  # bytes the WAL file is cut back to after a checkpoint
+# How far ahead of the highest id stored the store keeps a table's `seq` in sqlite_sequence.
+# AUTOINCREMENT makes an INSERT whose id passes `seq` rewrite that row, so each tick's commit
+# wrote three pages to the WAL (the table's leaf, the index's, sqlite_sequence's) where two
+# do; an id at or below `seq` leaves it alone. A million ids is hours of the busiest symbol's
+# trades, years of a quiet one's. `seq` stays above every id, as AUTOINCREMENT needs, but is
+# no longer the highest id: that is `MAX(id)`.
+SEQ_LEAD = 1_000_000
 
 
 def sync_file(path: str) -> None:
@@ -519,6 +526,8 @@ class _Tables:
         "ids_from",
         "index",
         "insert",
+        "lead",
+        "lead_at",
         "max_id",
         "since",
         "symbol",
@@ -540,6 +549,8 @@ class _Tables:
         self.after = f"SELECT timestamp FROM {table} WHERE id > ? ORDER BY id LIMIT 1"
         self.since = f"SELECT id FROM {table} WHERE timestamp >= ? ORDER BY timestamp LIMIT 1"
         self.ids_from = f"SELECT id FROM {table} WHERE id > ? ORDER BY id LIMIT ?"
+        self.lead = "UPDATE sqlite_sequence SET seq = ? WHERE name = ? AND seq < ?"
+        self.lead_at = 0  # an id from which a write moves `seq` ahead again (0: unknown)
 
 
 class Handle:
@@ -786,6 +797,7 @@ class Database:
         with transaction(conn):
             conn.execute(tables.create)
             conn.execute(tables.index)
+        tables.lead_at = 0  # a table made again starts without its sqlite_sequence row
         if self._names is not None and tables.symbol not in self._names:
             bisect.insort(self._names, tables.symbol)
 
@@ -814,6 +826,9 @@ class Database:
             self.write_latency.observe(time.perf_counter() - start)
             if symbol in self._spans:
                 self._widen(symbol, ticks)
+            top = ticks[0][0] if len(ticks) == 1 else max(tick[0] for tick in ticks)
+            if top >= tables.lead_at:
+                self._lead(tables, top)
             return True
         except sqlite3.Error as exc:
             self._log_write_error(symbol, len(ticks), exc)
@@ -827,6 +842,23 @@ class Database:
             return
         with transaction(conn):
             conn.executemany(tables.insert, ticks)
+
+    def _lead(self, tables: _Tables, top: int) -> None:
+        """Put the table's `seq` SEQ_LEAD ids past `top`, the highest id just stored."""
+        seq = min(top + SEQ_LEAD, MAX_ID)
+        name = "prices_" + tables.symbol
+        try:
+            self._retry(lambda: self.file.conn.execute(tables.lead, (seq, name, seq)))
+        except sqlite3.Error as exc:  # it only costs the page it would spare: later, again
+            tables.lead_at = top + SEQ_LEAD // 100
+            held = self._throttle.allow((tables.symbol, "lead"))
+            if held is not None:
+                log.warning(
+                    "cannot move sqlite_sequence ahead %s",
+                    kv(symbol=tables.symbol, error=exc, suppressed=held),
+                )
+        else:
+            tables.lead_at = seq
 
     def _widen(self, symbol: str, ticks: Sequence[Tick]) -> None:
         span = self._spans[symbol]

@@ -35,10 +35,6 @@ A patch whose target no longer exists in tickd stops the process with exit code 
                      each commit writes (and checksums) two pages to the WAL, a table leaf and
                      an index leaf, so a smaller page is fewer bytes per tick. Readers of the
                      file then walk more, smaller pages.
-  seq_lead           each table's row in sqlite_sequence is set a million ids ahead of the
-                     tick just stored (again when the ids reach it): an INSERT whose id is not
-                     above `seq` leaves sqlite_sequence alone, so each commit writes two pages
-                     to the WAL instead of three. `seq` then no longer says the highest id.
   mmap               SQLite reads the database file through a 256 MiB memory map (mmap_size)
                      instead of read() into its page cache.
   libuv              gevent's libuv loop instead of libev (GEVENT_LOOP=libuv does the same).
@@ -172,31 +168,6 @@ def page_2k() -> None:
     _page_size(2048)
 
 
-SEQ_LEAD = 1_000_000  # ids: years of the median symbol's trades, hours of the busiest's
-
-
-def seq_lead() -> None:
-    insert = Database.insert
-    ahead: dict[str, int] = {}  # per symbol: the seq this store last set
-
-    def leading_insert(self, symbol, tick):
-        stored = insert(self, symbol, tick)
-        if stored and tick[0] >= ahead.get(symbol, 0):
-            seq = tick[0] + SEQ_LEAD
-
-            def lead():
-                self.file.conn.execute(
-                    "UPDATE sqlite_sequence SET seq = ? WHERE name = ? AND seq < ?",
-                    (seq, "prices_" + symbol, seq),
-                )
-
-            self._retry(lead)
-            ahead[symbol] = seq
-        return stored
-
-    Database.insert = leading_insert
-
-
 def page_cache() -> None:
     _pragma("PRAGMA cache_size = -65536")
 
@@ -219,7 +190,6 @@ PATCHES = {
     "slow_checkpoint": slow_checkpoint,
     "sqlite_autocheckpoint": sqlite_autocheckpoint,
     "no_write": no_write,
-    "seq_lead": seq_lead,
     "page_cache": page_cache,
     "page_1k": page_1k,
     "page_2k": page_2k,
