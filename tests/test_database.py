@@ -115,22 +115,26 @@ def test_a_table_made_again_gets_its_seq_ahead_again(db, other):
     assert seq(other) == 200 + database.SEQ_LEAD
 
 
-def test_seq_that_cannot_move_ahead_is_logged_and_the_tick_still_stored(db, other, caplog):
+def test_seq_that_cannot_move_ahead_is_logged_and_the_tick_still_stored(
+    db, other, caplog, monkeypatch
+):
     db.ensure_table("BTCUSDT")
-    tables = db._sql("BTCUSDT")
-    tables.lead = "UPDATE no_such_table SET seq = ? WHERE name = ? AND seq < ?"  # it fails
+    update = database.SEQ_AHEAD
+    monkeypatch.setattr(database, "SEQ_AHEAD", update.replace("sqlite_sequence", "nothing"))
     assert db.insert("BTCUSDT", Tick(100, 1000, 1.5))
     assert db.ticks("BTCUSDT") == [Tick(100, 1000, 1.5)]
     assert "cannot move sqlite_sequence ahead" in caplog.text and "BTCUSDT" in caplog.text
     assert "write failed" not in caplog.text
     assert seq(other) == 100  # SQLite's own value: the highest id
     # Not tried again on every tick, but some ids later.
-    assert tables.lead_at == 100 + database.SEQ_LEAD // 100
-    tables.lead = database._Tables("BTCUSDT").lead
+    monkeypatch.setattr(database, "SEQ_AHEAD", update)
     assert db.insert("BTCUSDT", Tick(101, 1001, 1.5))
     assert seq(other) == 101
-    assert db.insert("BTCUSDT", Tick(tables.lead_at, 1002, 1.5))
-    assert seq(other) == tables.lead_at == 100 + database.SEQ_LEAD // 100 + database.SEQ_LEAD
+    retry_at = 100 + database.SEQ_LEAD // 100
+    assert db.insert("BTCUSDT", Tick(retry_at - 1, 1002, 1.5))
+    assert seq(other) == retry_at - 1
+    assert db.insert("BTCUSDT", Tick(retry_at, 1003, 1.5))
+    assert seq(other) == retry_at + database.SEQ_LEAD
 
 
 def test_hostile_symbol_text_stays_an_identifier(db, other):

@@ -60,6 +60,7 @@ WAL_LIMIT = 64 << 20  # bytes the WAL file is cut back to after a checkpoint
 # trades, years of a quiet one's. `seq` stays above every id, as AUTOINCREMENT needs, but is
 # no longer the highest id: that is `MAX(id)`.
 SEQ_LEAD = 1_000_000
+SEQ_AHEAD = "UPDATE sqlite_sequence SET seq = ? WHERE name = ? AND seq < ?"
 
 
 def sync_file(path: str) -> None:
@@ -526,7 +527,6 @@ class _Tables:
         "ids_from",
         "index",
         "insert",
-        "lead",
         "lead_at",
         "max_id",
         "since",
@@ -549,7 +549,6 @@ class _Tables:
         self.after = f"SELECT timestamp FROM {table} WHERE id > ? ORDER BY id LIMIT 1"
         self.since = f"SELECT id FROM {table} WHERE timestamp >= ? ORDER BY timestamp LIMIT 1"
         self.ids_from = f"SELECT id FROM {table} WHERE id > ? ORDER BY id LIMIT ?"
-        self.lead = "UPDATE sqlite_sequence SET seq = ? WHERE name = ? AND seq < ?"
         self.lead_at = 0  # an id from which a write moves `seq` ahead again (0: unknown)
 
 
@@ -848,7 +847,7 @@ class Database:
         seq = min(top + SEQ_LEAD, MAX_ID)
         name = "prices_" + tables.symbol
         try:
-            self._retry(lambda: self.file.conn.execute(tables.lead, (seq, name, seq)))
+            self._retry(lambda: self.file.conn.execute(SEQ_AHEAD, (seq, name, seq)))
         except sqlite3.Error as exc:  # it only costs the page it would spare: later, again
             tables.lead_at = top + SEQ_LEAD // 100
             held = self._throttle.allow((tables.symbol, "lead"))
