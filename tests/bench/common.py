@@ -142,6 +142,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def steal_ticks() -> tuple[int, int]:
+    """(stolen, all) clock ticks of this machine's CPUs since boot, from /proc/stat: time the
+    hypervisor gave to other machines while ours wanted to run. A window with more of it
+    stretches every latency without adding to any process's CPU time."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[7], sum(fields[:8])
+
+
 def disk_bytes(pid: int) -> int:
     """Bytes a process (every thread) sent to storage so far: /proc's write_bytes, counted as
     pages are dirtied (a page rewritten before it reached the disk counts once)."""

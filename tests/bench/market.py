@@ -56,6 +56,7 @@ from common import (
     get_seconds,
     percentile,
     say,
+    steal_ticks,
     stored,
     symbol_names,
     tree_state,
@@ -111,7 +112,7 @@ def measure(
             connect = exchange.wait_subscribed(len(symbols), 900, proc)
             say(f"market {subject}: {len(symbols)} symbols connected in {connect:.1f} s")
             rows0, cpu0, made0 = stored(db_path, symbols), proc.cpu(), made(exchange)
-            wall0 = time.monotonic()
+            wall0, steal0 = time.monotonic(), steal_ticks()
             status, samples, stop = [], [], threading.Event()
             poller = threading.Thread(
                 target=poll, args=(proc, load.is_store(subject), status, samples, stop)
@@ -123,7 +124,7 @@ def measure(
                     exchange.call("paced", rate=rate, skew=SKEW, shift=SHIFT)
                 time.sleep(max(0.0, wall0 + minutes * 60 - time.monotonic()))
                 rows1, cpu1, wall1 = stored(db_path, symbols), proc.cpu(), time.monotonic()
-                made1 = made(exchange)
+                made1, steal1 = made(exchange), steal_ticks()
             finally:
                 stop.set()
                 poller.join()
@@ -153,12 +154,14 @@ def measure(
         "wrong": wrong,
         "settled": settled,
         "run_s": time.monotonic() - started,
+        "steal": (steal1[0] - steal0[0]) / max(steal1[1] - steal0[1], 1),
     }
     say(
         f"market {subject}: {result['ticks_per_s']:.0f} ticks/s stored of "
         f"{result['made_per_s']:.0f} made, {result['us_per_tick']:.1f} µs/tick, "
         f"RSS max {result['rss_max']:.1f} MB, {kept:,}/{generated:,} stored "
-        f"({wrong} tables off, {settled:.0f} s after the load)"
+        f"({wrong} tables off, {settled:.0f} s after the load), "
+        f"{result['steal'] * 100:.1f} % of the CPUs' time stolen by the hypervisor"
     )
     return result
 
@@ -256,6 +259,7 @@ def report(results: dict, count: int) -> None:
                 f"p50 {statistics.median(s) * 1000:.1f} ms, max {max(s) * 1000:.1f} ms, "
                 f"{len(s)} requests",
             )
+        figure(f"{name} CPU time stolen", r["steal"] * 100, "%", "by the hypervisor, in the window")
         figure(
             f"{name} completeness",
             r["kept"],
