@@ -76,13 +76,11 @@ def main() -> int:
         ("µs of CPU per stored tick", results),
         ("kB sent to the disk per stored tick", disk),
     ):
-        first = next(iter(table))
-        base = sum(table[first]) / len(table[first])
+        base = mean(next(iter(table.values())))
         print(f"\n{title}, each round; mean; mean over the first subject's")
         for subject, values in table.items():
-            mean = sum(values) / len(values)
             rounds = " / ".join(f"{v:.1f}" for v in values)
-            print(f"  {subject:28} {rounds:28} {mean:7.1f}  {mean / base:.2f} x")
+            print(f"  {subject:28} {rounds:28} {mean(values):7.1f}  {mean(values) / base:.2f} x")
     if args.where:
         report_where(found)
     say("alternate: done")

@@ -199,9 +199,7 @@ def measure(
                 PROFILES.append(peers.py_spy(proc.pid, profile_seconds, folder))
             found = None
             if where_seconds:  # after the window: perf's own cost stays out of its figures
-                before = count()
                 found = where.probe(proc.pid, where_seconds, folder)
-                found_ticks = count() - before
             status = []
             if status_seconds:
                 status = sample_while(status_seconds, 0.05, lambda: get_seconds(proc.url()))
@@ -242,7 +240,8 @@ def measure(
         "tls_refusals": refusals,
     }
     if found is not None:
-        result["where"] = where.per_tick(found, found_ticks, result["us_per_tick"])
+        ticks_watched = result["ticks_per_s"] * where_seconds  # the load is paced
+        result["where"] = where.per_tick(found, ticks_watched, result["us_per_tick"])
     say(
         f"{label}: {result['ticks_per_s']:.0f} ticks/s, {result['us_per_tick']:.1f} µs/tick, "
         f"{result['cpu_share'] * 100:.1f}% CPU, "

@@ -33,7 +33,8 @@ def available() -> bool:
 
 
 def probe(pid: int, seconds: float, folder: Path) -> dict:
-    """{"syscalls": {name: count}, "all_syscalls": count, "shares": {group: fraction}}."""
+    """{"syscalls": {name: count}, "all_syscalls": count, "shares": {group: fraction}}.
+    perf counts while its `sleep` runs, once it has attached: `seconds`, not the call's time."""
     stat_out, data = folder / "perf-stat.txt", folder / "perf.data"
     events = [f"syscalls:sys_enter_{name}" for name in SYSCALLS] + ["raw_syscalls:sys_enter"]
     pid_arg, sleep = ["-p", str(pid)], ["--", "sleep", f"{seconds:g}"]
@@ -43,8 +44,10 @@ def probe(pid: int, seconds: float, folder: Path) -> dict:
         stderr=subprocess.DEVNULL,
     )
     record = ["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-o", data]
-    subprocess.run([*record, *pid_arg, *sleep], check=True, capture_output=True)
-    stat.wait()
+    try:
+        subprocess.run([*record, *pid_arg, *sleep], check=True, capture_output=True)
+    finally:
+        stat.wait()  # it ends with its own `sleep`: never left running
     counts = {}
     for line in stat_out.read_text().splitlines():
         fields = line.split(",")
@@ -70,9 +73,10 @@ def probe(pid: int, seconds: float, folder: Path) -> dict:
     }
 
 
-def per_tick(found: dict, ticks: int, us_per_tick: float) -> dict:
-    """System calls per tick (from `probe` over `ticks` stored ticks), and µs per tick of each
-    library group: its share of the samples times the recorder's measured CPU per tick."""
+def per_tick(found: dict, ticks: float, us_per_tick: float) -> dict:
+    """System calls per tick (`probe`'s counts over the `ticks` stored while it watched: the
+    paced load's rate times its seconds), and µs per tick of each library group: its share
+    of the samples times the recorder's measured CPU per tick."""
     ticks = max(ticks, 1)
     return {
         "syscalls": {name: n / ticks for name, n in found["syscalls"].items()},
