@@ -33,7 +33,14 @@ def fake_stream(trades=0, connected=True, reconnects=0, last_timestamp=None, que
 
 
 def collector(
-    streams, *, weight=None, attempts=0, db_path="/nonexistent/ticks.db", latency=None, runs=None
+    streams,
+    *,
+    weight=None,
+    attempts=0,
+    db_path="/nonexistent/ticks.db",
+    latency=None,
+    runs=None,
+    deferred=0,
 ):
     return metrics.StoreCollector(
         streams=lambda: streams,
@@ -42,6 +49,7 @@ def collector(
         db=SimpleNamespace(path=db_path, write_latency=latency or metrics.Latency((0.001, 0.01))),
         uptime=lambda: 90.5,
         runs=lambda: runs or {},
+        deferred=lambda: deferred,
     )
 
 
@@ -92,11 +100,12 @@ def test_process_wide_series():
     weight = WeightLimiter(600, clock=lambda: clock[0], sleep=lambda s: None)
     weight.acquire(20)
     weight.acquire(20)
-    samples, types = scrape(collector({}, weight=weight, attempts=9))
+    samples, types = scrape(collector({}, weight=weight, attempts=9, deferred=31))
     assert samples[("tickstore_rest_weight_used_total", ())] == 40
     assert samples[("tickstore_rest_weight_minute", ())] == 40
     assert samples[("tickstore_rest_weight_budget", ())] == 600
     assert samples[("tickstore_connection_attempts_total", ())] == 9
+    assert samples[("tickstore_reader_deferrals_total", ())] == 31
     assert samples[("tickstore_sqlite_info", (("version", sqlite3.sqlite_version),))] == 1
     assert samples[("tickstore_uptime_seconds", ())] == 90.5
     assert types["tickstore_rest_weight_used"] == "counter"
@@ -203,6 +212,7 @@ def test_a_running_store_exposes_its_counters(fake, make_store):
     )
     assert samples[("tickstore_ids_queued", sym("BTCUSDT"))] == 0
     assert samples[("tickstore_connection_attempts_total", ())] >= 1
+    assert samples[("tickstore_reader_deferrals_total", ())] >= 0  # the running store's
     assert samples[("tickstore_rest_weight_budget", ())] == 1200
     assert samples[("tickstore_write_duration_seconds_count", ())] >= 5
     assert samples[("tickstore_db_bytes", ())] > 0

@@ -18,6 +18,7 @@ from tickd.fakebinance import FakeBinance
 from tickd.limits import AttemptLimiter, WeightLimiter
 from tickd.rest import Rest
 from tickd.stream import Stream
+from tickd.turns import Turns
 from tickd.wire import parse_frame
 
 pytestmark = pytest.mark.timeout(30)
@@ -150,6 +151,19 @@ def test_a_real_jump_is_confirmed_over_rest_and_its_gap_repaired(fake, recorder,
     )
     assert recorder.log.find("trade id jump confirmed")
     assert not recorder.log.find("implausible")
+
+
+def test_frames_left_for_later_turns_are_all_stored_in_order(fake, recorder):
+    """With no share at all, every frame waits for a turn of its own: slower, nothing lost."""
+    turns = Turns(budget=0)
+    try:
+        stream, ids = recording(recorder, turns=turns)
+        ids += trade(fake, 30)
+        wait_for(lambda: recorder.ids() == ids, 5, "every trade")
+        assert turns.deferred >= len(ids)
+        assert not stream.repair.gaps
+    finally:
+        turns.close()
 
 
 def test_a_hole_across_the_rotation_is_queued_when_the_old_connection_closes(fake, recorder):

@@ -29,6 +29,7 @@ from .rest import Rest, tls_context
 from .sequence import SequenceOrder
 from .settings import Watcher
 from .stream import Stream, dial
+from .turns import Turns, Unlimited
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class App:
         self.tls = tls_context()  # one for every wss:// dial and https:// call
         self.rest = Rest(config.rest_url, WeightLimiter(config.rest_weight), ssl_context=self.tls)
         self.descriptors = raise_descriptor_limit()
+        self.turns: Turns | Unlimited = Unlimited()  # the readers' share of each turn: start()
         self.watcher = Watcher(
             self.db, self._make_stream, config.poll_interval, descriptor_limit=self.descriptors
         )
@@ -107,6 +109,7 @@ class App:
             max_age=self.config.max_age,
             silence_timeout=self.config.silence_timeout,
             after_pause=after_pause,
+            turns=self.turns,
             connect=self._dial,
         )
 
@@ -128,6 +131,7 @@ class App:
                 db=self.db,
                 uptime=lambda: self._clock() - self.started,
                 runs=lambda: self.coverage.runs,
+                deferred=lambda: self.turns.deferred,
             )
         )
         app = status.make_app(
@@ -160,6 +164,7 @@ class App:
         )
         self._http.start()
         log.info("http listening %s", kv(port=self.http_port))
+        self.turns = Turns()
         self._watching = self._workers.spawn(self.watcher.run)
         self._checkpointing = self._workers.spawn(self._checkpoints)
         self._workers.spawn(self.coverage.run)
@@ -177,6 +182,7 @@ class App:
         self._checkpointing.join(timeout=3)  # lets a checkpoint (or a reopen) finish
         self._workers.kill(timeout=1)
         self.db.close()
+        self.turns.close()
         self._release()
         log.info("store stopped")
 

@@ -141,8 +141,10 @@ class StoreCollector:
         db: Database,
         uptime: Callable[[], float],
         runs: Callable[[], Mapping[str, Run]] = dict,
+        deferred: Callable[[], int] = lambda: 0,
     ):
         self._streams = streams
+        self._deferred = deferred
         self._runs = runs
         self._weight = weight
         self._attempts = attempts
@@ -199,6 +201,12 @@ class StoreCollector:
             "tickstore_connection_attempts_total",
             "Stream connection attempts since start.",
             self._attempts.total,
+        )
+        yield CounterMetricFamily(
+            "tickstore_reader_deferrals_total",
+            "Trades a stream reader left for a later turn of the event loop, because the "
+            "readers had used the turn's share: the store had more to do than one core.",
+            self._deferred(),
         )
         yield histogram(
             "tickstore_write_duration_seconds",

@@ -29,6 +29,7 @@ from .limits import AttemptLimiter
 from .logs import failure, kv
 from .repair import Repair, Stats
 from .rest import NotListed, Rest
+from .turns import Turns, Unlimited
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ CONNECT_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0  # seconds the server gets to answer our close frame
 NO_CLOSE_FRAME = 1006  # RFC 6455's code for "closed without a close frame"
 ROTATION_RETRY = 10.0  # seconds before retrying a replacement connection that failed
+UNLIMITED = Unlimited()
 
 
 def dial(url: str, timeout: float, tls: ssl.SSLContext | None = None) -> websocket.WebSocket:
@@ -126,9 +128,16 @@ class Session:
                 self.ws.shutdown()  # the reader's recv fails and it ends
             self.ended.wait(CLOSE_TIMEOUT)
 
-    def read(self, text: Callable[[Session, bytes], None], clock: Callable[[], float]) -> int:
+    def read(
+        self,
+        text: Callable[[Session, bytes], None],
+        clock: Callable[[], float],
+        turns: Turns | Unlimited = UNLIMITED,
+    ) -> int:
         """Hand every text message to `text` and answer pings, until the server closes;
-        returns the close code. Raises OSError, frames.ProtocolError or what `text` raises."""
+        returns the close code. Each frame waits for its share of a turn of the loop
+        (`turns`). Raises OSError, frames.ProtocolError or what `text` raises."""
+        take = turns.take
         ws = self.ws
         reader = frames.Reader(ws.sock.read, MAX_MESSAGE)
         parts: list[bytes] = []
@@ -138,6 +147,7 @@ class Session:
             self.last_rx = clock()
             # A batch is one read's worth (transport.READ_SIZE): other greenlets run between.
             for opcode, fin, payload in batch:
+                take()
                 if opcode == frames.TEXT and fin:
                     text(self, payload)
                 elif opcode == frames.PING:
@@ -171,6 +181,7 @@ class Stream:
         max_age: float,
         silence_timeout: float,
         after_pause: bool = False,
+        turns: Turns | Unlimited = UNLIMITED,
         backoff: Backoff | None = None,
         connect: Callable[[str, float], websocket.WebSocket] = dial,
         clock: Callable[[], float] = time.monotonic,
@@ -202,6 +213,7 @@ class Stream:
         self._stale_timeout = stale_timeout
         self._max_age = max_age
         self._after_pause = after_pause
+        self._turns = turns
         self._backoff = backoff or Backoff()
         self._connect = connect
         self._clock = clock
@@ -328,7 +340,7 @@ class Stream:
 
     def _read_session(self, session: Session) -> None:
         try:
-            session.code = session.read(self.intake.frame, self._clock)
+            session.code = session.read(self.intake.frame, self._clock, self._turns)
         except (OSError, frames.ProtocolError, websocket.WebSocketException) as exc:
             session.reason = session.reason or _describe(exc)
         except Exception as exc:  # noqa: BLE001 (a bug, not the network: the redial follows)
