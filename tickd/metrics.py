@@ -204,7 +204,7 @@ class StoreCollector:
         )
         yield CounterMetricFamily(
             "tickstore_reader_deferrals_total",
-            "Trades a stream reader left for a later turn of the event loop, because the "
+            "Frames a stream reader left for a later turn of the event loop, because the "
             "readers had used the turn's share: the store had more to do than one core.",
             self._deferred(),
         )
