@@ -40,7 +40,7 @@ class Turns:
         self._budget = budget
         self._clock = clock
         self.deadline = clock() + budget  # readers start work before it, else they queue
-        self.deferred = 0  # times a reader waited for a later turn (a measure of overload)
+        self.deferred = 0  # frames left for a later turn (a measure of overload)
         self._queue: collections.deque[Waiter] = collections.deque()
         loop = gevent.get_hub().loop
         # After every poll, ahead of the sockets and timers it found ready. (gevent's own
@@ -50,7 +50,7 @@ class Turns:
         self._idle = loop.idle(ref=False)  # active while readers queue: the poll does not block
 
     def take(self) -> None:
-        """Before a trade: go on if this turn's share lasts, else wait for a later turn."""
+        """Before a frame: go on if this turn's share lasts, else wait for a later turn."""
         if self._clock() >= self.deadline:
             self._wait()
 
